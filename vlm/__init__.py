@@ -1,0 +1,1 @@
+"""vlm: Flamingo-style vision-language models."""

@@ -8,3 +8,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import pytest  # noqa: E402
+
+from tiny_backbones import save_tiny_lm  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=["gpt2", "llama"])
+def tiny_lm_dir(request, tmp_path_factory):
+    """A Hugging Face folder holding a tiny random LM, once per family."""
+    return save_tiny_lm(request.param, tmp_path_factory.mktemp(f"tiny-{request.param}"))

@@ -1,0 +1,187 @@
+"""The core model on tiny random backbones: masking, gating, freezing, save/load."""
+
+import pytest
+import torch
+
+from vlm.config import ModelConfig
+from vlm.model import VisionLanguageModel, build_model
+
+VISION = {
+    "open_clip": dict(vision="open_clip:vlm-tiny-vit", image_size=None),
+    "timm": dict(vision="timm:resnet10t", image_size=(64, 96)),
+}
+
+
+def tiny_config(lm_dir, vision="timm", **overrides) -> ModelConfig:
+    sizes = dict(num_latents=4, resampler_depth=1, resampler_heads=2, resampler_dim_head=8,
+                 cross_attn_heads=2, cross_attn_dim_head=8, cross_attn_ff_mult=2, cross_attn_every_n_layers=2)
+    return ModelConfig(lm=str(lm_dir), vision_weights=None, **VISION[vision], **{**sizes, **overrides})
+
+
+def open_gates(model: VisionLanguageModel, value: float = 1.0):
+    with torch.no_grad():
+        for block in model.cross_attn.values():
+            block.attention_gate.fill_(value)
+            block.ff_gate.fill_(value)
+
+
+def images_for(model, n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(1, n, 3, *model.vision.image_size, generator=generator)
+
+
+def ids(model, text):
+    return model.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+
+
+def logits(model, input_ids, pixel_values=None, **kwargs):
+    with torch.no_grad():
+        return model.logits(model(input_ids, pixel_values=pixel_values, **kwargs)["hidden"])
+
+
+@pytest.fixture(params=["timm", "open_clip"])
+def model(request, tiny_lm_dir):
+    torch.manual_seed(0)
+    return build_model(tiny_config(tiny_lm_dir, request.param))
+
+
+def test_closed_gates_give_the_bare_lm(model):
+    text = ids(model, "a photo of a cat")
+    ours = logits(model, text)[..., : model.lm_vocab_size]
+    torch.testing.assert_close(ours, model.lm(text).logits, atol=1e-5, rtol=0)
+    # with images the adapters still add exactly nothing while the gates are closed
+    with_images = ids(model, "a photo <image> of a cat <image> dog")
+    ours = logits(model, with_images, images_for(model, 2))[..., : model.lm_vocab_size]
+    bare = model.lm(inputs_embeds=model.embed(with_images)).logits
+    torch.testing.assert_close(ours, bare, atol=1e-5, rtol=0)
+
+
+def first_block_output(model, input_ids, pixel_values):
+    """The output of the lowest cross-attention block: its input does not depend on any image yet."""
+    captured = {}
+    block = model.cross_attn[str(model.cross_attn_layers[0])]
+    handle = block.register_forward_hook(lambda module, args, output: captured.update(out=output))
+    logits(model, input_ids, pixel_values)
+    handle.remove()
+    return captured["out"]
+
+
+def test_each_token_sees_only_its_most_recent_image(model):
+    open_gates(model)
+    text = ids(model, "a red button <image> the quick brown <image> lazy dog")
+    first, second = (text[0] == model.image_token_id).nonzero()[:, 0].tolist()
+    images = images_for(model, 2, seed=1)
+    base, base_block = logits(model, text, images), first_block_output(model, text, images)
+
+    # a later image changes nothing before it, and every token from its marker on
+    changed_second = images.clone()
+    changed_second[:, 1] = images_for(model, 1, seed=2)[:, 0]
+    out = logits(model, text, changed_second)
+    torch.testing.assert_close(out[:, :second], base[:, :second], atol=0, rtol=0)
+    assert (out[:, second:] - base[:, second:]).abs().amax(-1).min() > 1e-4
+
+    # an earlier image changes its own tokens, and is not what later tokens cross-attend to
+    changed_first = images.clone()
+    changed_first[:, 0] = images_for(model, 1, seed=3)[:, 0]
+    out, block = logits(model, text, changed_first), first_block_output(model, text, changed_first)
+    torch.testing.assert_close(out[:, :first], base[:, :first], atol=0, rtol=0)
+    assert (out[:, first:second] - base[:, first:second]).abs().amax(-1).min() > 1e-4
+    assert (block[:, first:second] - base_block[:, first:second]).abs().amax(-1).min() > 1e-4
+    torch.testing.assert_close(block[:, second:], base_block[:, second:], atol=0, rtol=0)
+
+
+def test_text_before_the_first_image_is_the_bare_lm_even_with_open_gates(model):
+    open_gates(model)
+    text = ids(model, "the quick brown fox <image> a cat")
+    first = int((text[0] == model.image_token_id).nonzero()[0, 0])
+    ours = logits(model, text, images_for(model, 1))[:, :first, : model.lm_vocab_size]
+    torch.testing.assert_close(ours, model.lm(text[:, :first]).logits, atol=1e-5, rtol=0)
+
+
+def test_a_batch_mixing_0_1_and_3_images_matches_each_sample_alone(model):
+    open_gates(model, 0.5)
+    texts = ["a photo of a cat sitting", "<image> a red button", "<image> a <image> green <image> button"]
+    counts = [0, 1, 3]
+    pad = model.tokenizer.pad_token_id
+    rows = [ids(model, t)[0] for t in texts]
+    length = max(len(r) for r in rows)
+    batch = torch.full((3, length), pad)
+    mask = torch.zeros(3, length, dtype=torch.long)
+    pixel_values = torch.zeros(3, 3, 3, *model.vision.image_size)
+    for i, (row, n) in enumerate(zip(rows, counts)):
+        batch[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+        pixel_values[i, :n] = images_for(model, n, seed=10 + i)[0] if n else 0
+    together = logits(model, batch, pixel_values, attention_mask=mask)
+    for i, (row, n) in enumerate(zip(rows, counts)):
+        alone = logits(model, row[None], images_for(model, n, seed=10 + i) if n else None)
+        torch.testing.assert_close(together[i, : len(row)], alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_an_optimiser_step_changes_only_the_adapters(model):
+    open_gates(model, 0.1)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("lm.", "vision."))}
+    adapters = {k: v.clone() for k, v in model.adapter_state_dict().items()}
+    text = ids(model, "<image> a photo of a cat")
+    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=1e-2)
+    model.train()
+    loss = model(text, pixel_values=images_for(model, 1), labels=text)["loss"]
+    loss.backward()
+    optimizer.step()
+    for key, value in model.state_dict().items():
+        if key in frozen:
+            assert torch.equal(value, frozen[key]), f"frozen weight {key} changed"
+    assert any(not torch.equal(model.adapter_state_dict()[k], v) for k, v in adapters.items())
+    assert not model.special_embeddings.requires_grad
+    assert all(not p.requires_grad for p in model.lm.parameters())
+    assert model.lm.training is False and model.vision.training is False
+
+
+def test_training_the_special_tokens_leaves_the_embedding_matrix_frozen(tiny_lm_dir):
+    model = build_model(tiny_config(tiny_lm_dir, train_special_token_embeddings=True))
+    assert model.special_embeddings.requires_grad
+    assert not model.lm.get_input_embeddings().weight.requires_grad
+    before = model.lm.get_input_embeddings().weight.clone()
+    text = ids(model, "<image> a cat<|endofchunk|>")
+    model(text, pixel_values=images_for(model, 1), labels=text)["loss"].backward()
+    assert model.special_embeddings.grad is not None and model.special_embeddings.grad.abs().sum() > 0
+    assert torch.equal(model.lm.get_input_embeddings().weight, before)
+
+
+def test_loss_ignores_padding_image_markers_and_text_before_the_first_image(model):
+    text = ids(model, "a b c <image> a cat")
+    first = int((text[0] == model.image_token_id).nonzero()[0, 0])
+    out = model(text, pixel_values=images_for(model, 1), labels=text)
+    hidden = out["hidden"]
+    # targets are the tokens after the image marker only
+    expected = torch.nn.functional.cross_entropy(model.logits(hidden[0, first:-1]), text[0, first + 1 :])
+    torch.testing.assert_close(out["loss"], expected)
+
+
+def test_save_and_load_give_identical_logits_and_store_no_backbone(model, tmp_path):
+    open_gates(model, 0.3)
+    text = ids(model, "<image> a red button")
+    images = images_for(model, 1)
+    before = logits(model, text, images)
+    model.save_pretrained(tmp_path / "run")
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["adapter.safetensors", "config.json"]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "run" / "adapter.safetensors"))
+    assert not any(k.startswith(("lm.", "vision.")) for k in saved)
+    torch.manual_seed(0)  # the tiny vision tower is random: rebuild the same one
+    loaded = VisionLanguageModel.from_pretrained(tmp_path / "run")
+    torch.testing.assert_close(logits(loaded, text, images), before, atol=0, rtol=0)
+
+
+def test_cross_attention_sits_before_every_nth_layer_from_the_first_chosen(tiny_lm_dir):
+    model = build_model(tiny_config(tiny_lm_dir, cross_attn_every_n_layers=1, cross_attn_first_layer=2))
+    assert model.cross_attn_layers == [2, 3]
+    model = build_model(tiny_config(tiny_lm_dir, cross_attn_every_n_layers=2))
+    assert model.cross_attn_layers == [1, 3]
+
+
+def test_a_wrong_decoder_layer_path_is_a_clear_error(tiny_lm_dir):
+    with pytest.raises(ValueError, match="no list of decoder layers at 'model.nothing'"):
+        build_model(tiny_config(tiny_lm_dir, decoder_layers_attr="model.nothing"))

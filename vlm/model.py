@@ -1,0 +1,315 @@
+"""The vision-language model: frozen vision encoder -> Perceiver Resampler -> gated cross-attention in a frozen LM."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+from vlm import backbones
+from vlm.config import CONFIG_VERSION, ConfigError, ModelConfig, from_dict, to_dict
+from vlm.fileio import atomic_write
+from vlm.cross_attention import GatedCrossAttentionBlock
+from vlm.language_model import cross_attention_layer_indices, find_decoder_layers, hidden_size, run_before
+from vlm.prompts import END_OF_CHUNK, IMAGE_TOKEN, SPECIAL_TOKENS
+from vlm.resampler import PerceiverResampler
+from vlm.vision import VisionEncoder
+
+WEIGHTS_FILE = "adapter.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class MediaState:
+    """The image side of one forward or one whole generate call.
+
+    `latents` (b, m, l, d) come from the resampler; `keys_values` holds each block's keys and values
+    of the latents, computed on first use and reused by every later decoding step of the same call.
+    `media_index` (b, t) says which image each token of the current call sees (0: none).
+    """
+
+    latents: torch.Tensor | None
+    media_index: torch.Tensor | None = None
+    keys_values: dict = field(default_factory=dict)
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, config: ModelConfig, *, vision: VisionEncoder, lm: nn.Module, tokenizer):
+        super().__init__()
+        self.config = config
+        self.vision = vision
+        self.lm = lm.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.end_of_chunk_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.register_buffer("special_ids", torch.tensor([self.image_token_id, self.end_of_chunk_id]), persistent=False)
+        self.lm_vocab_size = lm.get_output_embeddings().weight.shape[0]
+        self.vocab_size = max(self.lm_vocab_size, int(self.special_ids.max()) + 1)
+
+        dim = hidden_size(lm)
+        media_dim = config.resampler_dim or dim
+        self.resampler = PerceiverResampler(
+            dim=media_dim,
+            media_dim=vision.width,
+            depth=config.resampler_depth,
+            heads=config.resampler_heads,
+            dim_head=config.resampler_dim_head,
+            num_latents=config.num_latents,
+            max_frames=config.max_frames,
+            ff_mult=config.resampler_ff_mult,
+            grid_size=vision.grid_size if config.spatial_positions else None,
+        )
+        layers = find_decoder_layers(lm, config.decoder_layers_attr)
+        self.cross_attn_layers = cross_attention_layer_indices(
+            len(layers), every_n=config.cross_attn_every_n_layers, first=config.cross_attn_first_layer
+        )
+        self.cross_attn = nn.ModuleDict(
+            {
+                str(i): GatedCrossAttentionBlock(
+                    dim=dim,
+                    media_dim=media_dim,
+                    heads=config.cross_attn_heads,
+                    dim_head=config.cross_attn_dim_head,
+                    ff_mult=config.cross_attn_ff_mult,
+                    only_attend_immediate_media=config.only_attend_immediate_media,
+                )
+                for i in self.cross_attn_layers
+            }
+        )
+        for i in self.cross_attn_layers:
+            run_before(layers[i], self._cross_attention_hook(str(i)))
+
+        # <image> and <|endofchunk|> get rows of their own, used for input and output (tied), so
+        # training them never touches the LM's embedding matrix.
+        embeddings = lm.get_input_embeddings().weight.detach().float()
+        init = embeddings.mean(0) + embeddings.std(0) * torch.randn(len(SPECIAL_TOKENS), dim)
+        self.special_embeddings = nn.Parameter(init, requires_grad=config.train_special_token_embeddings)
+        self._media: MediaState | None = None
+
+    # --- training mode and parameters -------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.lm.eval()  # frozen: dropout off whatever the adapters do
+        self.vision.eval()
+        return self
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen backbones: what save_pretrained writes."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("lm.", "vision."))}
+
+    # --- images -----------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor, num_images: torch.Tensor) -> torch.Tensor:
+        """pixel_values (b, m, [f,] 3, h, w), of which the first num_images[i] are real -> latents (b, m, l, d)."""
+        if pixel_values.ndim == 5:
+            pixel_values = pixel_values.unsqueeze(2)
+        b, m, f = pixel_values.shape[:3]
+        real = torch.arange(m, device=pixel_values.device)[None] < num_images[:, None].to(pixel_values.device)  # (b, m)
+        images = pixel_values[real]  # (k, f, 3, h, w): padding images never reach the encoder
+        tokens = self.vision(images.flatten(0, 1)).unflatten(0, (-1, f))  # (k, f, n, c)
+        return self.resample(tokens, real)
+
+    def resample(self, tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Vision tokens (k, f, n, c) of the real images -> latents (b, m, l, d), zeros where `real` is False."""
+        latents = self.resampler(tokens.unsqueeze(0).to(self.resampler.latents.dtype))[0]  # (k, l, d)
+        out = latents.new_zeros(*real.shape, *latents.shape[1:])
+        out[real] = latents
+        return out
+
+    # --- the language side ------------------------------------------------------------------
+    def _cross_attention_hook(self, key: str):
+        def cross_attend(hidden: torch.Tensor) -> torch.Tensor:
+            media = self._media
+            if media is None or media.latents is None:
+                return hidden
+            block = self.cross_attn[key]
+            if key not in media.keys_values:
+                media.keys_values[key] = block.attention.media_keys_values(media.latents)
+            out = block(
+                hidden.to(media.latents.dtype),
+                keys_values=media.keys_values[key],
+                media_index=media.media_index,
+                latents_per_media=media.latents.shape[2],
+            )
+            return out.to(hidden.dtype)
+
+        return cross_attend
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        is_special = input_ids[..., None] == self.special_ids  # (b, t, 2)
+        embeds = self.lm.get_input_embeddings()(input_ids.masked_fill(is_special.any(-1), 0))
+        special = is_special.to(embeds.dtype) @ self.special_embeddings.to(embeds.dtype)
+        return torch.where(is_special.any(-1, keepdim=True), special, embeds)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (..., d) -> logits over the LM vocabulary and the two special tokens."""
+        logits = self.lm.get_output_embeddings()(hidden)
+        if self.vocab_size > self.lm_vocab_size:
+            logits = F.pad(logits, (0, self.vocab_size - self.lm_vocab_size), value=torch.finfo(logits.dtype).min)
+        special = hidden @ self.special_embeddings.to(hidden.dtype).T
+        return logits.index_copy(-1, self.special_ids, special.to(logits.dtype))
+
+    def media_index(self, input_ids: torch.Tensor, images_before: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, t): the 1-based index of the most recent image at or before each token; 0 before the first."""
+        index = torch.cumsum(input_ids == self.image_token_id, dim=1)
+        return index if images_before is None else index + images_before[:, None]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        media: MediaState | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        loss_weights: torch.Tensor | None = None,
+        images_before: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        use_cache: bool = False,
+    ) -> dict:
+        """input_ids (b, t) with one `<image>` per image -> {"hidden", "media", "loss"?, "cache"?}.
+
+        Images come as `pixel_values` (b, m, [f,] 3, h, w) or an already encoded `media` state (generation,
+        cached features). `images_before` (b,) counts images in earlier calls (decoding with a cache).
+        Logits are left to the caller (`self.logits`) so training computes them only where there is a target.
+        """
+        if media is None:
+            latents = None
+            if pixel_values is not None:
+                latents = self.encode_images(pixel_values, (input_ids == self.image_token_id).sum(1))
+            media = MediaState(latents=latents)
+        media.media_index = self.media_index(input_ids, images_before)
+        self._media = media
+        try:
+            output = self.lm.base_model(
+                inputs_embeds=self.embed(input_ids),
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+            )
+        finally:
+            # Gradient checkpointing re-runs the hooks during backward: keep the media until the next call then.
+            if not (self.training and torch.is_grad_enabled()):
+                self._media = None
+        result = {"hidden": output.last_hidden_state, "media": media}
+        if use_cache:
+            result["cache"] = output.cache
+        if labels is not None:
+            result["loss"] = self.loss(output.last_hidden_state, input_ids, labels, attention_mask, media.media_index, loss_weights)
+        return result
+
+    def loss(self, hidden, input_ids, labels, attention_mask, media_index, loss_weights=None) -> torch.Tensor:
+        """Next-token cross-entropy on target text, never on padding or image markers."""
+        labels = labels.masked_fill(input_ids == self.image_token_id, -100)
+        if attention_mask is not None:
+            labels = labels.masked_fill(attention_mask == 0, -100)
+        if not self.config.loss_on_text_before_first_image:
+            labels = labels.masked_fill(media_index == 0, -100)
+        targets = labels[:, 1:]
+        selected = targets != -100  # (b, t-1)
+        if not selected.any():
+            return hidden.sum() * 0.0  # nothing to learn from in this batch; keeps the graph valid
+        logits = self.logits(hidden[:, :-1][selected])  # only where there is a target: saves the vocab matmul
+        losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")
+        if loss_weights is None:
+            return losses.mean()
+        weights = loss_weights[:, None].expand_as(targets)[selected].to(losses.dtype)
+        return (losses * weights).sum() / weights.sum().clamp_min(1e-8)
+
+    # --- save and load ----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the adapter weights (safetensors) and the config that names the backbones: no LM or vision weights."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.adapter_state_dict().items()}
+        atomic_write(directory / WEIGHTS_FILE, lambda path: save_file(tensors, str(path)))
+        meta = {
+            "format_version": CONFIG_VERSION,
+            "model": to_dict(self.config),
+            "backbones": self.backbone_signature(),
+        }
+        atomic_write(directory / CONFIG_FILE, lambda path: path.write_text(json.dumps(meta, indent=2)))
+        return directory
+
+    def backbone_signature(self) -> dict:
+        """What the adapters were trained against: checked on load to catch a checkpoint for other backbones."""
+        return {
+            "lm": self.config.lm,
+            "vision": self.config.vision,
+            "lm_hidden_size": hidden_size(self.lm),
+            "lm_num_layers": len(find_decoder_layers(self.lm, self.config.decoder_layers_attr)),
+            "vision_width": self.vision.width,
+            "vision_grid": list(self.vision.grid_size),
+        }
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides) -> "VisionLanguageModel":
+        """Rebuild a saved model: backbones from the names in its config, adapters from its safetensors file."""
+        directory = Path(directory)
+        config = read_config(directory, **overrides)
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}: not a saved vlm model")
+        model = build_model(config)
+        model.load_adapters(weights, expected=json.loads((directory / CONFIG_FILE).read_text()).get("backbones", {}))
+        return model
+
+    def load_adapters(self, weights: Path, *, expected: dict | None = None):
+        found = self.backbone_signature()
+        mismatched = {k: (v, found.get(k)) for k, v in (expected or {}).items() if k in found and found[k] != v and k not in ("lm", "vision")}
+        if mismatched:
+            details = "; ".join(f"{k}: checkpoint expects {a}, backbones have {b}" for k, (a, b) in mismatched.items())
+            raise ValueError(f"{weights.parent} was trained for other backbones ({expected.get('lm')}, {expected.get('vision')}): {details}")
+        try:
+            state = load_file(str(weights))
+        except Exception as error:  # safetensors raises its own error types on a corrupt file
+            raise ValueError(f"cannot read {weights}: the file is corrupt or not safetensors ({error})") from None
+        own = self.adapter_state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong_shape = [k for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or unexpected or wrong_shape:
+            raise ValueError(
+                f"{weights} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"wrong shape {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong_shape[:5]]}"
+            )
+        self.load_state_dict(state, strict=False)
+
+
+def read_config(directory: Path, **overrides) -> ModelConfig:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}: not a saved vlm model")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not valid JSON: {error}") from None
+    version = meta.get("format_version", 0)
+    if version > CONFIG_VERSION:
+        raise ConfigError(f"{path} was written by a newer vlm (format {version}; this one reads up to {CONFIG_VERSION}): upgrade vlm")
+    return from_dict(ModelConfig, {**meta.get("model", {}), **overrides}, where="model")
+
+
+def build_model(config: ModelConfig) -> VisionLanguageModel:
+    """Load the backbones a config names and put fresh adapters between them."""
+    lm, tokenizer = backbones.load_language_model(config.lm, dtype=getattr(torch, config.lm_dtype))
+    loaded = backbones.load_vision_model(config.vision, weights=config.vision_weights)
+    vision = VisionEncoder(
+        model=loaded.model,
+        family=loaded.family,
+        image_size=config.image_size or loaded.image_size,
+        mean=loaded.mean,
+        std=loaded.std,
+    )
+    return VisionLanguageModel(config, vision=vision, lm=lm, tokenizer=tokenizer)
+

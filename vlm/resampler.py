@@ -1,0 +1,96 @@
+"""Perceiver Resampler: a fixed set of learned latents reads a variable number of image tokens.
+
+As in Flamingo (Alayrac et al. 2022, section 2.1): the latents cross-attend to the image tokens,
+with keys and values taken from the image tokens concatenated with the latents themselves.
+"""
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+from torch.nn import functional as F
+
+
+def feed_forward(dim: int, mult: int) -> nn.Sequential:
+    inner = dim * mult
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False))
+
+
+class PerceiverAttention(nn.Module):
+    def __init__(self, *, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads = heads
+        inner = heads * dim_head
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        # media: (b, n_media_tokens, d), latents: (b, n_latents, d)
+        media = self.norm_media(media)
+        latents = self.norm_latents(latents)
+        q = self.to_q(latents)
+        k, v = self.to_kv(torch.cat((media, latents), dim=1)).chunk(2, dim=-1)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class PerceiverResampler(nn.Module):
+    """Maps each image's tokens (b, m, f, n, media_dim) to `num_latents` latents (b, m, num_latents, dim).
+
+    m images per sample, f frames per image (1 for a still image), n tokens per frame.
+    `grid_size` (rows, cols) of the encoder's token grid adds learned 2-D positions to the tokens,
+    so the latents can tell where on the page a feature was (a CNN's last feature map carries
+    little position information of its own).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        media_dim: int,
+        depth: int = 2,
+        heads: int = 8,
+        dim_head: int = 64,
+        num_latents: int = 64,
+        max_frames: int = 8,
+        ff_mult: int = 4,
+        grid_size: tuple[int, int] | None = None,
+    ):
+        super().__init__()
+        self.project = nn.Linear(media_dim, dim)
+        self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
+        self.frame_embeddings = nn.Parameter(torch.zeros(max_frames, dim))
+        self.grid_size = tuple(grid_size) if grid_size is not None else None
+        if self.grid_size is not None:
+            rows, cols = self.grid_size
+            self.row_embeddings = nn.Parameter(torch.randn(rows, dim) * 0.02)
+            self.col_embeddings = nn.Parameter(torch.randn(cols, dim) * 0.02)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([PerceiverAttention(dim=dim, heads=heads, dim_head=dim_head), feed_forward(dim, ff_mult)])
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, media: torch.Tensor) -> torch.Tensor:
+        if media.ndim == 4:  # (b, m, n, d): still images are one frame each
+            media = media.unsqueeze(2)
+        b, m, f, n, _ = media.shape
+        if f > self.frame_embeddings.shape[0]:
+            raise ValueError(f"{f} frames per media item, but the resampler has time embeddings for {self.frame_embeddings.shape[0]}")
+        x = self.project(media)
+        if self.grid_size is not None:
+            rows, cols = self.grid_size
+            if n != rows * cols:
+                raise ValueError(f"image has {n} tokens, but the resampler was built for a {rows}x{cols} grid")
+            position = rearrange(self.row_embeddings[:, None] + self.col_embeddings[None, :], "r c d -> (r c) d")
+            x = x + position
+        x = x + self.frame_embeddings[:f, None]
+        x = rearrange(x, "b m f n d -> (b m) (f n) d")
+        latents = repeat(self.latents, "l d -> bm l d", bm=b * m)
+        for attention, ff in self.layers:
+            latents = attention(x, latents) + latents
+            latents = ff(latents) + latents
+        return rearrange(self.norm(latents), "(b m) l d -> b m l d", b=b)

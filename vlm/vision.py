@@ -1,0 +1,59 @@
+"""Frozen vision encoders that return a grid of image tokens, and the preprocessing that matches them."""
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+from torch import nn
+
+
+class VisionEncoder(nn.Module):
+    """Wraps an open_clip ViT or a timm CNN: pixels (b, 3, h, w) -> tokens (b, n, width).
+
+    open_clip: the ViT's patch tokens (not only the pooled vector). timm: the last feature map,
+    one token per cell. `grid_size` is the token grid (rows, cols) for `image_size`.
+    """
+
+    def __init__(self, *, model: nn.Module, family: str, image_size: tuple[int, int], mean, std):
+        super().__init__()
+        if family not in ("open_clip", "timm"):
+            raise ValueError(f"unknown vision family {family!r}: expected 'open_clip' or 'timm'")
+        self.model = model
+        self.family = family
+        self.image_size = tuple(image_size)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        if family == "open_clip":
+            model.output_tokens = True
+        model.requires_grad_(False)
+        model.eval()
+        with torch.no_grad():
+            grid = self._feature_map(torch.zeros(1, 3, *self.image_size))
+        self.width = grid.shape[1]
+        self.grid_size = tuple(grid.shape[2:])
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: dropout and batch-norm statistics stay fixed
+
+    def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        # -> (b, width, rows, cols)
+        if self.family == "timm":
+            return self.model.forward_features(pixels)
+        _, tokens = self.model(pixels)
+        rows, cols = (s // p for s, p in zip(self.image_size, _pair(self.model.patch_size)))
+        return rearrange(tokens, "b (r c) d -> b d r c", r=rows, c=cols)
+
+    @torch.no_grad()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return rearrange(self._feature_map(pixels), "b d r c -> b (r c) d")
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """An RGB PIL image -> a normalised (3, h, w) float tensor at the encoder's input size."""
+        height, width = self.image_size
+        image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (pixels - self.mean) / self.std
+
+
+def _pair(x) -> tuple[int, int]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x, x)

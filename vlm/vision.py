@@ -52,7 +52,8 @@ class VisionEncoder(nn.Module):
         height, width = self.image_size
         image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (pixels - self.mean) / self.std
+        # Always a CPU tensor (data loading runs on the CPU), wherever the model itself lives.
+        return (pixels - self.mean.cpu()) / self.std.cpu()
 
 
 def _pair(x) -> tuple[int, int]:

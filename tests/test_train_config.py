@@ -1,0 +1,140 @@
+"""The training recipe: typos and bad values are errors that name the key, found before any weights load."""
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from vlm.config import ConfigError
+from vlm.data import Example
+from vlm.prompts import IMAGE_TOKEN
+from vlm.train import cli, load_train_config, trainer
+from vlm.train.config import SourceConfig
+from vlm.train.metrics import plot_losses
+from vlm.train.sources import SketchPages, build_source, check_source
+from vlm.train.trainer import lr_factor
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def write(tmp_path: Path, recipe: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture
+def recipe(tmp_path) -> dict:
+    (tmp_path / "train.jsonl").write_text('{"image": "a.png", "text": "a cat"}\n')
+    return {
+        "model": {"lm": "registry:smollm2-135m-instruct", "num_latents": 16},
+        "data": {"sources": [{"kind": "jsonl", "path": str(tmp_path / "train.jsonl")}]},
+        "run": {"steps": 10, "output_dir": str(tmp_path / "run")},
+    }
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: r["model"].update(num_latens=8), "unknown config key 'model.num_latens'; did you mean 'num_latents'?"),
+        (lambda r: r.update(optimm={"lr": 1}), "unknown config key 'optimm'; did you mean 'optim'?"),
+        (lambda r: r["run"].update(batch_sise=4), "unknown config key 'run.batch_sise'; did you mean 'batch_size'?"),
+        (lambda r: r["data"]["sources"][0].update(wieght=2), "'data.sources[0].wieght'; did you mean 'weight'?"),
+        (lambda r: r["data"]["sources"][0].update(kind="jsnol"), "unknown kind 'jsnol'; did you mean 'jsonl'?"),
+        (lambda r: r["data"]["sources"][0].update(options={"record": "vqa"}),
+         "unknown option 'data.sources[0].options.record'; did you mean 'records'?"),
+        (lambda r: r["data"]["sources"][0].update(path="missing.jsonl"), "data.sources[0].path: missing.jsonl does not exist"),
+        (lambda r: r["data"]["sources"].append({"kind": "coco", "path": r["data"]["sources"][0]["path"]}),
+         "a coco source needs options ['images']"),
+        (lambda r: r["data"]["sources"].append({"kind": "sketch", "path": "x"}), "a sketch source takes no path"),
+        (lambda r: r["run"].update(epochs=2), "set exactly one of run.steps and run.epochs"),
+        (lambda r: r["run"].update(steps="ten"), "run.steps must be an integer, got 'ten'"),
+        (lambda r: r.update(precision="fp8"), "precision must be one of ['fp32', 'bf16', 'fp16'], got 'fp8'"),
+        (lambda r: r.update(schedule={"name": "linear"}), "schedule.name must be one of ['constant', 'cosine']"),
+        (lambda r: r["run"].update(distributed="zero3"), "run.distributed must be one of ['ddp', 'fsdp']"),
+        (lambda r: r["data"].update(sources=[]), "data.sources is empty"),
+    ],
+)
+def test_a_bad_recipe_is_an_error_naming_the_key(tmp_path, recipe, edit, message):
+    edit(recipe)
+    with pytest.raises(ConfigError) as error:
+        load_train_config(write(tmp_path, recipe))
+    assert message in str(error.value)
+
+
+def test_overrides_are_yaml_values_and_typos_in_them_are_named(tmp_path, recipe):
+    path = write(tmp_path, recipe)
+    config = load_train_config(path, ["optim.lr=3e-4", "model.image_size=[288, 512]", "data.sources.0.weight=2",
+                                      "run.eval_every=null", "precision=bf16"])
+    assert config.optim.lr == 3e-4 and config.model.image_size == (288, 512)
+    assert config.data.sources[0].weight == 2.0 and config.data.sources[0].name == "jsonl"
+    assert config.run.eval_every is None and config.precision == "bf16"
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'; did you mean 'lr'\?"):
+        load_train_config(path, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        load_train_config(path, ["optim.lr"])
+
+
+def test_the_command_reports_a_typo_before_loading_any_weights(tmp_path, recipe, monkeypatch, capsys):
+    monkeypatch.setattr(trainer, "build_model", lambda config: pytest.fail("weights loaded for a bad config"))
+    recipe["model"]["resampler_dept"] = 2
+    assert cli.main([str(write(tmp_path, recipe))]) == 2
+    assert "unknown config key 'model.resampler_dept'; did you mean 'resampler_depth'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "default.yaml", "gpu-vit-l14-1b.yaml"])
+def test_the_shipped_configs_are_valid(name, monkeypatch):
+    if "kind: easy_vqa" in (CONFIGS / name).read_text():
+        pytest.importorskip("easy_vqa")
+    monkeypatch.chdir(CONFIGS.parent)  # their data paths are relative to the repository
+    config = load_train_config(CONFIGS / name)
+    assert config.data.sources and (config.run.steps or config.run.epochs)
+
+
+def test_schedules_warm_up_then_hold_or_decay():
+    cosine = [lr_factor(s, name="cosine", warmup=10, total=110, min_ratio=0.1) for s in range(110)]
+    assert cosine[0] == pytest.approx(0.1) and cosine[9] == 1.0 and cosine[10] == 1.0
+    assert all(a >= b for a, b in zip(cosine[10:], cosine[11:]))
+    assert cosine[60] == pytest.approx(0.55) and lr_factor(110, name="cosine", warmup=10, total=110, min_ratio=0.1) == pytest.approx(0.1)
+    assert [lr_factor(s, name="constant", warmup=2, total=9, min_ratio=0) for s in (0, 1, 2, 8)] == [0.5, 1, 1, 1]
+
+
+def test_sketch_pages_are_deterministic_and_cover_every_task():
+    source = SketchPages(pages=30, seed=5, vocabulary="full", styles=["sketch", "wireframe"], image_size=[64, 96],
+                         tasks={"html": 1, "question": 1, "caption": 1})
+    first, again = source[3], source[3]
+    assert first.segments == again.segments and first.images[0].tobytes() == again.images[0].tobytes()
+    assert first.images[0].size == (96, 64)
+    prompts = {next(s.text for s in source[i].segments if not s.special).split(":")[0] for i in range(30)}
+    assert prompts == {"HTML", "Question", "Output"}
+    with pytest.raises(ConfigError, match="browser"):
+        SketchPages(pages=3, seed=0, vocabulary="full", styles=["browser"], tasks=None, image_size=None)
+
+
+def test_pix2code_holds_out_its_last_tenth():
+    data = Path(__file__).parent.parent.parent / "shared" / "data" / "pix2code-web"
+    if not data.is_dir():
+        pytest.skip("pix2code's web set is not beside the repository")
+    train = build_source(SourceConfig(kind="pix2code", path=str(data)), tokenizer=None)
+    held_out = build_source(SourceConfig(kind="pix2code", path=str(data), options={"split": "validation"}), tokenizer=None)
+    assert (len(train), len(held_out)) == (630, 70)
+    example = held_out[0]
+    assert isinstance(example, Example) and example.segments[0].text == IMAGE_TOKEN
+    assert "row" in example.segments[-2].text and Image.open(example.images[0]).size == (800, 460)
+
+
+def test_easy_vqa_is_a_source_of_questions():
+    pytest.importorskip("easy_vqa")
+    check_source(SourceConfig(kind="easy_vqa", options={"split": "test"}), where="data.sources[0]")
+    source = build_source(SourceConfig(kind="easy_vqa", options={"split": "test"}), tokenizer=None)
+    example = source[0]
+    assert len(source) > 1000 and Image.open(example.images[0]).size == (64, 64)
+    assert "Question:" in "".join(s.text for s in example.segments)
+
+
+def test_the_loss_plot_draws_both_curves():
+    image = plot_losses([(1, 5.0), (2, 3.0), (3, math.nan), (4, 1.0)], [(4, 1.5)])
+    colours = {colour for _, colour in image.getcolors(maxcolors=100_000)}
+    assert (31, 119, 180) in colours and (255, 127, 14) in colours

@@ -1,0 +1,326 @@
+"""The training loop on a tiny model: it learns, resumes exactly, and survives NaNs, SIGINT, SIGKILL and a full disk."""
+
+import errno
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+from tiny_backbones import save_tiny_lm
+from transformers import AutoModelForCausalLM
+
+import vlm
+from vlm.data import DataError
+from vlm.model import VisionLanguageModel
+from vlm.train import load_train_config, train
+from vlm.train import checkpoint as checkpoint_module
+from vlm.train.batching import Collator, FeatureCache, TrainStep
+from vlm.train.checkpoint import CheckpointError, latest_checkpoint
+from vlm.train.distributed import init_world
+from vlm.train.metrics import read_metrics
+from vlm.train.trainer import TooManyBadSteps, Trainer
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and busy cores make OpenMP's waiting very slow; subprocesses
+    get OMP_NUM_THREADS=1 too, so that runs in and out of this process compute bit for bit alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def one_thread_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def readable_lm(tmp_path_factory) -> Path:
+    """The tiny random Llama with its (tied) embeddings scaled up: at the usual 0.02 init its output head
+    cannot put a logit more than ~0.6 above the rest, so no adapter could drive the loss far down."""
+    folder = save_tiny_lm("llama", tmp_path_factory.mktemp("readable-lm"))
+    lm = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        lm.get_input_embeddings().weight.mul_(10)
+    lm.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> Path:
+    """A JSONL set of four coloured squares with captions: small enough to learn by heart."""
+    folder = tmp_path_factory.mktemp("shapes")
+    lines = []
+    for name, rgb in COLOURS.items():
+        Image.new("RGB", (96, 64), rgb).save(folder / f"{name}.png")
+        lines.append(json.dumps({"image": f"{name}.png", "text": f"a {name} square"}))
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "train.jsonl"
+
+
+def tiny_recipe(lm: Path, data: Path, output: Path, **run) -> dict:
+    """A training config for the tiny model, as the YAML dict a user would write."""
+    return {
+        "model": dict(lm=str(lm), vision="timm:resnet10t", vision_weights=None, image_size=[64, 96], num_latents=4,
+                      resampler_depth=1, resampler_heads=2, resampler_dim_head=8, cross_attn_heads=2,
+                      cross_attn_dim_head=8, cross_attn_ff_mult=2, cross_attn_every_n_layers=2),
+        "data": {"sources": [{"kind": "jsonl", "path": str(data)}], "max_length": 32},
+        "optim": {"lr": 3e-3, "gate_lr": 3e-2, "weight_decay": 0.0},
+        "schedule": {"name": "constant"},
+        "run": {"output_dir": str(output), "steps": 8, "batch_size": 4, "log_every": 1, "checkpoint_every": 2, **run},
+    }
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_recipe(tmp_path, recipe: dict, *, resume=False, overrides=()):
+    config = load_train_config(write_recipe(tmp_path / f"config-{time.monotonic_ns()}.yaml", recipe), list(overrides))
+    return train(config, resume=resume)
+
+
+def adapter(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path):
+    a, b = adapter(a), adapter(b)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_loss_falls_on_a_set_it_can_learn_by_heart(tmp_path, readable_lm, shapes):
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=40, checkpoint_every=100)
+    recipe["data"]["validation"] = [{"kind": "jsonl", "path": str(shapes), "name": "held-out"}]
+    recipe["run"].update(eval_every=20, eval_batches=1)
+    config = load_train_config(write_recipe(tmp_path / "config.yaml", recipe))
+    result = train(config, task_metrics=lambda model: {"gate": model.cross_attn["3"].ff_gate.item()})
+
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records if "gate" in r] == [20, 40]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 40 and losses[-1] < 0.2 * losses[0], losses
+    validation = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(validation) == 2 and validation[-1] < 0.2 * losses[0]
+    assert all(r["samples_per_s"] > 0 and r["lr"] == 3e-3 for r in records if "loss" in r)
+    assert Image.open(tmp_path / "run" / "loss.png").size == (800, 480)
+    # the final model opens with the library's own loader, and equals the last checkpoint
+    assert result.final == tmp_path / "run" / "final" and not result.interrupted
+    loaded = vlm.load(result.final)
+    assert torch.equal(loaded.model.cross_attn["1"].ff_gate, adapter(result.final)["cross_attn.1.ff_gate"])
+    assert isinstance(loaded.caption(Image.open(shapes.parent / "red.png")), str)
+    assert_same_weights(result.final, latest_checkpoint(tmp_path / "run"))
+
+
+def test_cached_features_give_the_loss_of_pixels(tmp_path, readable_lm, shapes):
+    config = load_train_config(write_recipe(tmp_path / "c.yaml", tiny_recipe(readable_lm, shapes, tmp_path / "run")))
+    trainer = Trainer(config, world=init_world("cpu"))
+    examples = [next(trainer.mixture) for _ in range(4)]
+    batch = Collator(trainer.model, max_length=32, max_pixels=10**6, on_error={})(examples)
+    cache = FeatureCache(tmp_path / "features", model=trainer.model, dtype=None)
+    with torch.no_grad():
+        from_pixels = TrainStep(trainer.model)(batch)
+        cold = TrainStep(trainer.model, cache)(batch)
+        assert (cache.hits, cache.misses) == (0, 4)
+        warm = TrainStep(trainer.model, cache)(batch)
+        assert (cache.hits, cache.misses) == (4, 4)  # the encoder did not run again
+    torch.testing.assert_close(cold, from_pixels, rtol=0, atol=1e-6)
+    assert torch.equal(warm, cold)
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 4
+
+
+def test_training_with_the_feature_cache_matches_training_on_pixels(tmp_path, readable_lm, shapes):
+    pixels = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "pixels", steps=3))
+    cached = tiny_recipe(readable_lm, shapes, tmp_path / "cached", steps=3)
+    cached["data"]["feature_cache"] = str(tmp_path / "features")
+    features = run_recipe(tmp_path, cached)
+    a, b = adapter(pixels.final), adapter(features.final)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+
+
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, readable_lm, shapes):
+    reference = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "reference"))
+
+    killed = tmp_path / "killed"
+    config = write_recipe(tmp_path / "killed.yaml", tiny_recipe(readable_lm, shapes, killed))
+    process = subprocess.Popen([sys.executable, "-m", "vlm.train", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=one_thread_env())
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "step-00000004").is_dir():  # the second checkpoint
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no second checkpoint after 120 s"
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no chance to clean up
+    process.wait()
+    assert not (killed / "final").exists()
+
+    resumed = train(load_train_config(config), resume=True)
+    assert resumed.step == 8
+    assert_same_weights(resumed.final, reference.final)
+    steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl") if "loss" in r]
+    assert steps == list(range(1, 9))  # lines the killed run wrote past its checkpoint are not repeated
+
+
+def test_sigint_writes_a_checkpoint_and_exits_then_resume_finishes_the_run(tmp_path, readable_lm, shapes, monkeypatch):
+    reference = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "reference", steps=5))
+
+    original = Trainer.train_step
+
+    def interrupted_at_step_3(self):
+        out = original(self)
+        if self.step == 2:  # the step that is ending is the third
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_at_step_3)
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=5, checkpoint_every=100)
+    result = run_recipe(tmp_path, recipe)
+    assert result.interrupted and result.step == 3 and result.final is None
+    assert latest_checkpoint(tmp_path / "run").name == "step-00000003"
+
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer put the handler back
+    finished = run_recipe(tmp_path, recipe, resume=True)
+    assert finished.step == 5
+    assert_same_weights(finished.final, reference.final)
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, readable_lm, shapes, monkeypatch):
+    real_save = checkpoint_module.torch.save
+    calls = []
+
+    def disk_full_on_second_write(obj, path):
+        calls.append(path)
+        if len(calls) == 2:
+            real_save(obj, path)  # half a file lands, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full_on_second_write)
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=6)
+    with pytest.raises(CheckpointError, match=r"step 4 .*No space left.*latest intact checkpoint is .*step-00000002"):
+        run_recipe(tmp_path, recipe)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000002"]  # no half-written folder left
+
+    # a checkpoint that cannot be read (here: a truncated weights file) is set aside; the one before it is used
+    broken = checkpoints / "step-00000004"
+    shutil.copytree(checkpoints / "step-00000002", broken)
+    (broken / "adapter.safetensors").write_bytes((broken / "adapter.safetensors").read_bytes()[:100])
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
+    resumed = run_recipe(tmp_path, recipe, resume=True)
+    assert (checkpoints / "step-00000004.unreadable").is_dir()
+    assert resumed.step == 6
+    reference = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "reference", steps=6))
+    assert_same_weights(resumed.final, reference.final)
+
+
+def test_non_finite_losses_are_skipped_counted_and_stop_the_run_past_the_limit(tmp_path, readable_lm, shapes, monkeypatch):
+    real_loss = VisionLanguageModel.loss
+    calls = []
+
+    def nan_on_second_call(self, *args, **kwargs):
+        calls.append(1)
+        loss = real_loss(self, *args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(VisionLanguageModel, "loss", nan_on_second_call)
+    result = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=4, checkpoint_every=100))
+    assert result.step == 4 and len(calls) == 5  # 5 batches for 4 good steps
+    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert [r["bad_steps"] for r in records] == [0, 1, 1, 1]
+    assert all(torch.isfinite(t).all() for t in adapter(result.final).values())
+
+    monkeypatch.setattr(VisionLanguageModel, "loss", lambda self, *a, **k: real_loss(self, *a, **k) * float("inf"))
+    with pytest.raises(TooManyBadSteps, match="3 steps had a non-finite loss"):
+        run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "bad", max_bad_steps=2))
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(tmp_path, readable_lm, shapes):
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=2)
+    run_recipe(tmp_path, recipe)
+    with pytest.raises(ValueError, match="already holds checkpoints: pass --resume"):
+        run_recipe(tmp_path, recipe)
+    # a finished run resumed with more steps goes on from where it stopped
+    longer = run_recipe(tmp_path, recipe, resume=True, overrides=["run.steps=3"])
+    assert longer.step == 3
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path, readable_lm, shapes):
+    plain = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "plain", steps=3))
+    recomputed = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "recomputed", steps=3,
+                                                  gradient_checkpointing=True))
+    a, b = adapter(plain.final), adapter(recomputed.final)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_the_gradient_is_the_global_mean_however_the_batch_is_split(tmp_path, readable_lm, shapes):
+    gradients = {}
+    for accumulation in (1, 2, 4):
+        recipe = tiny_recipe(readable_lm, shapes, tmp_path / f"run-{accumulation}", grad_accum=accumulation)
+        trainer = Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)), world=init_world("cpu"))
+        with torch.no_grad():  # open gates, so every adapter weight gets a gradient
+            for block in trainer.model.cross_attn.values():
+                block.attention_gate.fill_(0.5)
+                block.ff_gate.fill_(0.5)
+        examples = [next(trainer.mixture) for _ in range(4)]
+        loss = trainer.backward(examples)
+        gradients[accumulation] = loss, {k: p.grad.clone() for k, p in trainer.model.trainable_parameters().items()}
+    # captions of different lengths: a mean of micro-batch means would weigh tokens unequally
+    assert len({trainer.collate([e]).target_weight for e in examples}) > 1
+    for accumulation in (2, 4):
+        assert gradients[accumulation][0] == pytest.approx(gradients[1][0], rel=1e-6)
+        for key, grad in gradients[1][1].items():
+            torch.testing.assert_close(gradients[accumulation][1][key], grad, rtol=1e-4, atol=1e-7)
+
+
+def test_bf16_autocast_trains_on_the_cpu_and_epochs_set_the_length(tmp_path, readable_lm, shapes):
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=None, epochs=3)  # 4 examples, batch 4
+    recipe["precision"] = "bf16"
+    result = run_recipe(tmp_path, recipe)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert result.step == 3 and len(losses) == 3 and all(map(math.isfinite, losses)) and losses[-1] < losses[0]
+
+
+def test_fp16_needs_a_gpu(tmp_path, readable_lm, shapes):
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run")
+    recipe["precision"] = "fp16"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        run_recipe(tmp_path, {**recipe, "run": {**recipe["run"], "device": "cpu"}})
+
+
+def test_an_unreadable_image_is_skipped_and_counted_or_raises(tmp_path, readable_lm, shapes):
+    data = tmp_path / "data.jsonl"
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    lines = shapes.read_text().splitlines()[:3] + [json.dumps({"image": "broken.png", "text": "a broken square"})]
+    data.write_text("\n".join(line.replace('"image": "', f'"image": "{shapes.parent}/') if "broken" not in line else line
+                              for line in lines) + "\n")
+    # micro-batches of one example: the broken one leaves a micro-batch with nothing to learn
+    run_recipe(tmp_path, tiny_recipe(readable_lm, data, tmp_path / "run", steps=2, grad_accum=4))
+    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert [r["skipped"] for r in records] == [1, 2]  # 2 epochs of 4: the broken image came twice
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+    strict = tiny_recipe(readable_lm, data, tmp_path / "strict", steps=2)
+    strict["data"]["sources"][0]["on_error"] = "raise"
+    with pytest.raises(DataError, match=r"source 'jsonl': .*broken.png"):
+        run_recipe(tmp_path, strict)

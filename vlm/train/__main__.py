@@ -1,0 +1,5 @@
+import sys
+
+from vlm.train.cli import main
+
+sys.exit(main())

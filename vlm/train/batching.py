@@ -1,0 +1,159 @@
+"""Examples -> padded tensors, and the on-disk cache of frozen image features.
+
+A batch's `target_weight` (loss weight x target tokens, summed) lets the trainer normalise the loss by the
+whole global batch instead of by each micro-batch: the gradient is then the same however the batch is split
+over processes and accumulation steps.
+"""
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vlm.data import DataError, Example
+from vlm.fileio import atomic_write
+from vlm.images import ImageError
+from vlm.model import MediaState, VisionLanguageModel
+from vlm.prompts import IGNORE_INDEX, encode
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (b, t), right-padded
+    attention_mask: torch.Tensor  # (b, t)
+    labels: torch.Tensor  # (b, t): IGNORE_INDEX wherever the model takes no loss
+    loss_weights: torch.Tensor  # (b,)
+    images: list[list[Image.Image]]  # the real images of each example
+    target_weight: float  # sum over target tokens of their example's loss weight
+
+    @property
+    def num_images(self) -> torch.Tensor:  # (b,)
+        return torch.tensor([len(images) for images in self.images])
+
+
+class Collator:
+    """Loads and encodes examples; a bad one (unreadable image, too long to fit) is skipped or raises, per source."""
+
+    def __init__(self, model: VisionLanguageModel, *, max_length: int, max_pixels: int, on_error: dict[str, str]):
+        self.model, self.max_length, self.max_pixels, self.on_error = model, max_length, max_pixels, on_error
+        self.skipped = Counter()  # (source, reason) -> examples
+
+    def __call__(self, examples: list[Example]) -> Batch:
+        rows = [row for example in examples if (row := self._load(example)) is not None]
+        if not rows:  # every example was bad: one target-less token keeps the collective steps in step
+            rows = [([self.model.tokenizer.pad_token_id], [IGNORE_INDEX], [], 0.0)]
+        length = max(len(ids) for ids, *_ in rows)
+        pad = self.model.tokenizer.pad_token_id
+        input_ids = torch.tensor([ids + [pad] * (length - len(ids)) for ids, *_ in rows])
+        labels = torch.tensor([lab + [IGNORE_INDEX] * (length - len(lab)) for _, lab, *_ in rows])
+        attention_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids, *_ in rows])
+        if not self.model.config.loss_on_text_before_first_image:  # the model's own rule, made explicit here
+            labels = labels.masked_fill(self.model.media_index(input_ids) == 0, IGNORE_INDEX)
+        loss_weights = torch.tensor([weight for *_, weight in rows], dtype=torch.float32)
+        targets = (labels[:, 1:] != IGNORE_INDEX).sum(1)  # the model predicts token t+1 from t
+        return Batch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            loss_weights=loss_weights,
+            images=[images for _, _, images, _ in rows],
+            target_weight=float((targets * loss_weights).sum()),
+        )
+
+    def _load(self, example: Example):
+        try:
+            images = example.load_images(max_pixels=self.max_pixels)
+            encoded = encode(example.segments, self.model.tokenizer, max_length=self.max_length)
+        except (ImageError, ValueError) as e:
+            if self.on_error.get(example.source, "skip") == "raise":
+                raise DataError(f"source {example.source!r}: {e}") from e
+            self.skipped[example.source, type(e).__name__] += 1
+            return None
+        images = images[encoded.first_image : encoded.first_image + encoded.num_images]
+        return encoded.input_ids, encoded.labels, images, example.loss_weight
+
+
+class TrainStep(nn.Module):
+    """One micro-batch -> its weighted mean loss. A module, so DDP sees the whole forward, resampler included.
+
+    Images go through the frozen encoder, or come from the feature cache when there is one.
+    """
+
+    def __init__(self, model: VisionLanguageModel, features: "FeatureCache | None" = None):
+        super().__init__()
+        self.model, self.features = model, features
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        # + 0 x every trained parameter: a batch that reaches none of them (no image, nothing to learn) still
+        # has a backward pass, with zero gradients, so each process takes part in every all-reduce
+        anchor = sum(p.flatten()[0] for p in self.model.trainable_parameters().values()) * 0.0
+        return self.loss(batch) + anchor
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        device = self.model.special_embeddings.device
+        tensors = dict(
+            attention_mask=batch.attention_mask.to(device),
+            labels=batch.labels.to(device),
+            loss_weights=batch.loss_weights.to(device),
+        )
+        input_ids = batch.input_ids.to(device)
+        real = torch.arange(max(map(len, batch.images), default=0))[None] < batch.num_images[:, None]  # (b, m)
+        images = [image for row in batch.images for image in row]  # the real ones, in the order of real's True
+        if not images:
+            return self.model(input_ids, **tensors)["loss"]
+        if self.features is None:
+            pixels = torch.zeros(*real.shape, 3, *self.model.vision.image_size)  # (b, m, 3, h, w), zeros pad
+            pixels[real] = torch.stack([self.model.vision.preprocess(image) for image in images])
+            return self.model(input_ids, pixel_values=pixels.to(device), **tensors)["loss"]
+        tokens = self.features(images)  # (k, n, c)
+        latents = self.model.resample(tokens.unsqueeze(1).to(device), real.to(device))  # (b, m, l, d)
+        return self.model(input_ids, media=MediaState(latents=latents), **tensors)["loss"]
+
+
+class FeatureCache:
+    """The frozen encoder's output tokens per image, on disk: an image is encoded once, then read back.
+
+    Keyed by a hash of the pixels, the encoder and its weights, the input size and the compute dtype, so a
+    changed encoder or precision never reads stale features. Files are written atomically.
+    """
+
+    def __init__(self, folder: str | Path, *, model: VisionLanguageModel, dtype: torch.dtype | None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.vision, self.dtype = model.vision, dtype
+        config = model.config
+        self.signature = f"{config.vision}|{config.vision_weights}|{self.vision.image_size}|{dtype}".encode()
+        self.hits = self.misses = 0
+
+    def key(self, image: Image.Image) -> str:
+        digest = hashlib.sha256(self.signature)
+        digest.update(f"{image.mode}|{image.size}|".encode())
+        digest.update(image.tobytes())
+        return digest.hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        """RGB images -> tokens (k, n, c), float32 on the CPU."""
+        keys = [self.key(image) for image in images]
+        found = {key: load_file(str(self.path(key)))["tokens"] for key in set(keys) if self.path(key).is_file()}
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        self.hits, self.misses = self.hits + len(keys) - len(missing), self.misses + len(missing)
+        if missing:
+            device = self.vision.mean.device
+            pixels = torch.stack([self.vision.preprocess(images[i]) for i in missing]).to(device)
+            with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                tokens = self.vision(pixels).float().cpu()
+            for i, features in zip(missing, tokens):
+                path = self.path(keys[i])
+                path.parent.mkdir(exist_ok=True)
+                atomic_write(path, lambda tmp, t=features.contiguous(): save_file({"tokens": t}, str(tmp)))
+                found[keys[i]] = features
+        return torch.stack([found[key] for key in keys])

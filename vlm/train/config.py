@@ -1,0 +1,219 @@
+"""The training recipe: one typed schema for a run, read from YAML plus `--set key=value` overrides.
+
+    model:     the backbones and adapter sizes (vlm.config.ModelConfig)
+    data:      the training sources and their mixture, held-out sources, sequence length, feature cache
+    optim:     AdamW
+    schedule:  warm-up, then constant or cosine
+    precision: fp32 | bf16 | fp16
+    run:       length, batch, intervals, output folder, seed, distribution
+
+Everything here is checked by `load_train_config`, before any weights load: an unknown key names the nearest
+valid one, values are type-checked, source kinds and their options are known, files they name exist.
+"""
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vlm.config import ConfigError, ModelConfig, from_dict
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("constant", "cosine")
+DISTRIBUTED = ("ddp", "fsdp")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as people write it: `lr: 3e-4` is a number (PyYAML's YAML 1.1 rules make it the string '3e-4')."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+.0123456789")
+)
+
+
+@dataclass
+class SourceConfig:
+    kind: str  # jsonl | webdataset | coco | coco_karpathy | vqav2 | sketch | pix2code | easy_vqa
+    name: str | None = None  # unique within the run; default: the kind
+    path: str | None = None  # the file, folder or shard pattern the kind reads (see docs/training.md)
+    weight: float = 1.0  # share of the training mixture, relative to the other sources
+    loss_weight: float = 1.0  # multiplies the loss of this source's examples
+    on_error: str = "skip"  # a bad record or image: "skip" (counted, logged) or "raise"
+    options: dict = field(default_factory=dict)  # the kind's own settings, e.g. {images: coco/train2014}
+
+    def __post_init__(self):
+        self.name = self.name or self.kind
+        if self.on_error not in ("skip", "raise"):
+            raise ConfigError(f"source {self.name!r}: on_error must be skip or raise, got {self.on_error!r}")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ConfigError(f"source {self.name!r}: weight must be > 0, got {self.weight}")
+        if not (math.isfinite(self.loss_weight) and self.loss_weight >= 0):
+            raise ConfigError(f"source {self.name!r}: loss_weight must be >= 0, got {self.loss_weight}")
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    validation: list[SourceConfig] = field(default_factory=list)  # held out: validation loss every run.eval_every
+    max_length: int = 512  # tokens per example; longer ones are cut from the left, never inside an image's text
+    feature_cache: str | None = None  # folder for the frozen encoder's features: each image is encoded once
+    max_pixels: int = 64_000_000  # bigger images are bad records
+
+    def __post_init__(self):
+        if not self.sources:
+            raise ConfigError("data.sources is empty: name at least one training source")
+        for group in ("sources", "validation"):
+            names = [s.name for s in getattr(self, group)]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"data.{group}: source names must be unique, got {names}; set `name:` on each")
+        if self.max_length < 8:
+            raise ConfigError(f"data.max_length must be >= 8, got {self.max_length}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    gate_lr: float | None = None  # the tanh gates of cross-attention; None: lr
+    weight_decay: float = 0.1  # on matrices only, not on gates, norms, biases
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
+
+    def __post_init__(self):
+        if self.lr <= 0 or (self.gate_lr is not None and self.gate_lr <= 0):
+            raise ConfigError(f"optim.lr and optim.gate_lr must be > 0, got {self.lr} and {self.gate_lr}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # constant | cosine (down to min_lr_ratio * lr at the last step)
+    warmup_steps: int = 0  # linear from 0
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self):
+        if self.name not in SCHEDULES:
+            raise ConfigError(f"schedule.name must be one of {list(SCHEDULES)}, got {self.name!r}")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("schedule.warmup_steps must be >= 0 and schedule.min_lr_ratio in [0, 1]")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/vlm"
+    steps: int | None = None  # optimiser steps; or set epochs
+    epochs: float | None = None  # passes over the map-style training sources' examples, summed
+    batch_size: int = 8  # examples per optimiser step, over all processes and accumulation steps together
+    grad_accum: int = 1  # micro-batches per step on each process
+    seed: int = 0
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
+    distributed: str = "ddp"  # under torchrun: ddp (the whole model on each process) | fsdp (the LM's layers sharded)
+    gradient_checkpointing: bool = False  # recompute the LM's layers in the backward pass: less memory, more time
+    log_every: int = 10  # steps between metrics lines
+    eval_every: int | None = None  # steps between validation losses; None: at the end only (if data.validation)
+    eval_batches: int = 8  # batches of batch_size per validation
+    checkpoint_every: int = 500  # steps between checkpoints
+    keep_checkpoints: int = 2  # the newest ones kept
+    max_bad_steps: int = 10  # steps with a non-finite loss are skipped; more than this many stops the run
+
+    def __post_init__(self):
+        if self.steps is not None and self.steps < 1 or self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"run.steps must be >= 1 and run.epochs > 0, got {self.steps} and {self.epochs}")
+        for name in ("batch_size", "grad_accum", "log_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ConfigError(f"run.eval_every must be >= 1 or null, got {self.eval_every}")
+        if self.max_bad_steps < 0:
+            raise ConfigError(f"run.max_bad_steps must be >= 0, got {self.max_bad_steps}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"run.device must be one of {list(DEVICES)}, got {self.device!r}")
+        if self.distributed not in DISTRIBUTED:
+            raise ConfigError(f"run.distributed must be one of {list(DISTRIBUTED)}, got {self.distributed!r}")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + gradient scaling, GPU only)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if (self.run.steps is None) == (self.run.epochs is None):
+            raise ConfigError("set exactly one of run.steps and run.epochs")
+
+
+def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML recipe, apply `--set a.b=value` overrides (values parsed as YAML), check everything.
+
+    Relative paths resolve against the working directory, as everywhere on the command line.
+    """
+    from vlm.train.sources import check_source  # sources import this module for SourceConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = parse_yaml(path.read_text(), where=str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for override in overrides:
+        set_override(data, override)
+    config = from_dict(TrainConfig, data)
+    for group in ("sources", "validation"):
+        for i, source in enumerate(getattr(config.data, group)):
+            check_source(source, where=f"data.{group}[{i}]")
+    return config
+
+
+def set_override(data: dict, override: str):
+    """Apply one "a.b.c=value" to nested dicts; the value is YAML ("3e-4", "[288, 512]", "null", "true")."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {override!r}")
+    value = parse_yaml(text, where=f"--set {key}")
+    *parents, last = key.strip().split(".")
+    node = data
+    for part in parents:  # a number indexes a list: data.sources.0.weight=2
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {key}: cannot find '{part}' in {type(node).__name__} {node!r:.60}")
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {key}: cannot set '{last}' in {type(node).__name__} {node!r:.60}")
+
+
+def parse_yaml(text: str, *, where: str):
+    try:
+        return yaml.load(text, Loader=RecipeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({e})") from None
+
+
+def config_dict(config: TrainConfig) -> dict:
+    """The config as plain data (lists for tuples), as written to output_dir/config.yaml."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,217 @@
+"""The data sources a config names: vlm.data's readers, plus the sketch engine, pix2code and easy-VQA.
+
+Each kind is a function or class below (KINDS): the source's `path` and `options` from the config are its
+arguments (`tokenizer` and `on_error` are filled in by the trainer). `check_source` reads the signatures to reject an
+unknown kind or option, or a missing file, before any weights load.
+"""
+
+import difflib
+import importlib.util
+import inspect
+import random
+from pathlib import Path
+
+from vlm.config import ConfigError
+from vlm.data import Example
+from vlm.data.coco import CocoCaptions, KarpathyCaptions, VQAv2
+from vlm.data.jsonl import JsonlSource
+from vlm.data.mixture import Component, Mixture
+from vlm.data.webdataset import WebDatasetSource, expand_shards
+from vlm.prompts import caption, sketch_to_html, vqa
+from vlm.sketch.dsl import to_dsl
+from vlm.sketch.generate import generate_page
+from vlm.sketch.pix2code import pix2code_split
+from vlm.sketch.questions import describe, page_questions
+from vlm.sketch.render import STYLES, render
+from vlm.train.config import SourceConfig
+
+FILLED_IN = ("path", "tokenizer", "on_error")  # arguments that do not come from `options`
+PATH_OPTIONS = ("images", "annotations")  # options that name files or folders
+
+
+def jsonl(path: str, *, tokenizer, on_error: str, records: str | None = None) -> JsonlSource:
+    """A JSONL manifest; `records` forces the record format (caption, vqa, sketch, chat, interleaved)."""
+    return JsonlSource(path, kind=records, tokenizer=tokenizer, on_error=on_error)
+
+
+def webdataset(path: str, *, tokenizer, on_error: str, records: str | None = None) -> WebDatasetSource:
+    """Tar shards: a path, a glob ("shards/*.tar") or a brace range ("shard-{000..099}.tar")."""
+    return WebDatasetSource(path, kind=records, tokenizer=tokenizer, on_error=on_error)
+
+
+def coco(path: str, *, images: str, on_error: str) -> CocoCaptions:
+    """The official captions_train2017.json; `images` is the folder of its images."""
+    return CocoCaptions(path, images, on_error=on_error)
+
+
+def coco_karpathy(
+    path: str, *, images: str, split: str | list[str] = ("train", "restval"), on_error: str
+) -> KarpathyCaptions:
+    """Karpathy's dataset_coco.json; `images` holds train2014/ and val2014/."""
+    return KarpathyCaptions(path, images, split=split, on_error=on_error)
+
+
+def vqav2(path: str, *, annotations: str, images: str, on_error: str) -> VQAv2:
+    """VQAv2: `path` is the questions file, `annotations` the answers file, `images` the COCO image folder."""
+    return VQAv2(path, annotations, images, on_error=on_error)
+
+
+class SketchPages:
+    """`pages` generated pages (seeds seed, seed+1, ...), map-style: an epoch sees each page once.
+
+    Drawn at `image_size` ([height, width]; default: the style's own size).
+
+    Each page is drawn in one of `styles` and becomes one task, picked by weight from `tasks`: "html" (the
+    picture to its page DSL, the sketch-to-HTML target), "question" (a question read off the page's tree)
+    or "caption" (a one-sentence description). Everything is fixed by the page's seed.
+    """
+
+    TASKS = ("html", "question", "caption")
+
+    def __init__(self, *, pages: int = 10_000, seed: int = 0, vocabulary: str = "full",
+                 styles: list[str] = ("sketch", "wireframe", "pix2code"), tasks: dict | None = None,
+                 image_size: list[int] | None = None):
+        if isinstance(pages, bool) or not isinstance(pages, int) or pages < 1:
+            raise ConfigError(f"sketch pages must be a positive integer, got {pages!r}")
+        if vocabulary not in ("full", "pix2code"):
+            raise ConfigError(f"sketch vocabulary must be full or pix2code, got {vocabulary!r}")
+        if not styles or any(style not in STYLES or style == "browser" for style in styles):
+            raise ConfigError(
+                f"sketch styles must be among {[s for s in STYLES if s != 'browser']}, got {styles!r} "
+                "(browser screenshots start Chromium per page: render them to a JSONL set first)"
+            )
+        tasks = {"html": 1.0} if tasks is None else tasks
+        if not tasks or any(task not in self.TASKS or not weight > 0 for task, weight in tasks.items()):
+            raise ConfigError(f"sketch tasks must map some of {list(self.TASKS)} to weights > 0, got {tasks!r}")
+        self.pages, self.seed, self.vocabulary = pages, seed, vocabulary
+        self.styles, self.tasks = list(styles), tasks
+        self.size = tuple(reversed(image_size)) if image_size else None  # config: [height, width]; PIL: (w, h)
+
+    def __len__(self) -> int:
+        return self.pages
+
+    def __getitem__(self, index: int) -> Example:
+        seed = self.seed + index
+        page = generate_page(seed, vocabulary=self.vocabulary)
+        rng = random.Random(f"sketch-task-{seed}")  # independent of the page's own random stream
+        style = rng.choice(self.styles)
+        image = render(page, style=style, seed=seed, size=self.size)
+        task = rng.choices(list(self.tasks), weights=list(self.tasks.values()))[0]
+        if task == "html":
+            segments = sketch_to_html(page.dsl)
+        elif task == "question":
+            segments = vqa(*page_questions(page, rng, n=1)[0])
+        else:
+            segments = caption(describe(page))
+        return Example(segments, [image])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class Pix2code:
+    """pix2code's web set (`path`: the folder holding train/), real screenshots with their GUI DSL as the
+    sketch-to-HTML target; split "train", or "validation": the last tenth of the sorted names."""
+
+    def __init__(self, path: str, *, split: str = "train"):
+        if split not in ("train", "validation"):
+            raise ConfigError(f"pix2code split must be train or validation, got {split!r}")
+        train, validation = pix2code_split(path)
+        self.samples = train if split == "train" else validation
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Example:
+        sample = self.samples[index]
+        return Example(sketch_to_html(to_dsl(sample.tree)), [sample.image])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class EasyVQA:
+    """easy-VQA (pip install easy-vqa; Victor Zhou, MIT licence): 64x64 pictures of one shape with yes/no,
+    shape and colour questions; split "train" or "test"."""
+
+    def __init__(self, *, split: str = "train"):
+        if split not in ("train", "test"):
+            raise ConfigError(f"easy_vqa split must be train or test, got {split!r}")
+        import easy_vqa as data
+
+        questions, answers, image_ids = data.get_train_questions() if split == "train" else data.get_test_questions()
+        paths = data.get_train_image_paths() if split == "train" else data.get_test_image_paths()
+        self.items = [(question, answer, paths[i]) for question, answer, i in zip(questions, answers, image_ids)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Example:
+        question, answer, path = self.items[index]
+        return Example(vqa(question, answer), [path])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+KINDS = {
+    "jsonl": jsonl,
+    "webdataset": webdataset,
+    "coco": coco,
+    "coco_karpathy": coco_karpathy,
+    "vqav2": vqav2,
+    "sketch": SketchPages,
+    "pix2code": Pix2code,
+    "easy_vqa": EasyVQA,
+}
+
+
+def check_source(source: SourceConfig, *, where: str):
+    """Reject an unknown kind or option, a missing required option, or a file that does not exist."""
+    if source.kind not in KINDS:
+        hint = _nearest(source.kind, KINDS) or f"; the kinds are {', '.join(KINDS)}"
+        raise ConfigError(f"{where}.kind: unknown kind {source.kind!r}{hint}")
+    parameters = inspect.signature(KINDS[source.kind]).parameters
+    options = [name for name in parameters if name not in FILLED_IN]
+    for name in source.options:
+        if name not in options:
+            valid = _nearest(name, options) or f" ({source.kind} takes {options or 'no options'})"
+            raise ConfigError(f"unknown option '{where}.options.{name}'{valid}")
+    required = [n for n, p in parameters.items() if p.default is p.empty and n not in ("tokenizer", "on_error")]
+    missing = [n for n in required if n != "path" and n not in source.options]
+    if missing:
+        raise ConfigError(f"{where}: a {source.kind} source needs options {missing}")
+    if "path" in parameters and source.path is None:
+        raise ConfigError(f"{where}: a {source.kind} source needs a path")
+    if "path" not in parameters and source.path is not None:
+        raise ConfigError(f"{where}: a {source.kind} source takes no path (got {source.path!r})")
+    if source.path is not None:
+        paths = expand_shards(source.path) if source.kind == "webdataset" else [Path(source.path)]
+        for path in paths or [Path(source.path)]:
+            if not path.exists():
+                raise ConfigError(f"{where}.path: {path} does not exist")
+    for name in PATH_OPTIONS:
+        if name in source.options and not Path(source.options[name]).exists():
+            raise ConfigError(f"{where}.options.{name}: {source.options[name]} does not exist")
+    if source.kind == "easy_vqa" and importlib.util.find_spec("easy_vqa") is None:
+        raise ConfigError(f"{where}: the easy_vqa source needs the easy-vqa package: pip install easy-vqa")
+
+
+def build_source(source: SourceConfig, *, tokenizer):
+    build = KINDS[source.kind]
+    filled = {"path": source.path, "tokenizer": tokenizer, "on_error": source.on_error}
+    parameters = inspect.signature(build).parameters
+    return build(**{k: v for k, v in filled.items() if k in parameters}, **source.options)
+
+
+def build_mixture(sources: list[SourceConfig], *, tokenizer, seed: int) -> Mixture:
+    components = [
+        Component(s.name, build_source(s, tokenizer=tokenizer), weight=s.weight, loss_weight=s.loss_weight)
+        for s in sources
+    ]
+    return Mixture(components, seed=seed)
+
+
+def _nearest(name: str, valid) -> str:
+    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""

@@ -185,3 +185,13 @@ def test_cross_attention_sits_before_every_nth_layer_from_the_first_chosen(tiny_
 def test_a_wrong_decoder_layer_path_is_a_clear_error(tiny_lm_dir):
     with pytest.raises(ValueError, match="no list of decoder layers at 'model.nothing'"):
         build_model(tiny_config(tiny_lm_dir, decoder_layers_attr="model.nothing"))
+
+
+def test_weights_saved_in_bfloat16_load_into_a_float32_model(model, tmp_path):
+    open_gates(model, 0.3)
+    model.save_pretrained(tmp_path / "run", dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    loaded = VisionLanguageModel.from_pretrained(tmp_path / "run")
+    for key, value in model.adapter_state_dict().items():
+        torch.testing.assert_close(loaded.adapter_state_dict()[key], value.to(torch.bfloat16).float(), atol=0, rtol=0)
+        assert loaded.adapter_state_dict()[key].dtype == torch.float32

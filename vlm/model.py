@@ -227,11 +227,14 @@ class VisionLanguageModel(nn.Module):
         return (losses * weights).sum() / weights.sum().clamp_min(1e-8)
 
     # --- save and load ----------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the adapter weights (safetensors) and the config that names the backbones: no LM or vision weights."""
+    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+        """Write the adapter weights (safetensors) and the config that names the backbones: no LM or vision weights.
+
+        `dtype` (e.g. torch.bfloat16) halves the file for shipping; loading casts back to the model's dtype.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.adapter_state_dict().items()}
+        tensors = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.adapter_state_dict().items()}
         atomic_write(directory / WEIGHTS_FILE, lambda path: save_file(tensors, str(path)))
         meta = {
             "format_version": CONFIG_VERSION,

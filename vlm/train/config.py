@@ -13,27 +13,17 @@ valid one, values are type-checked, source kinds and their options are known, fi
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from vlm.config import ConfigError, ModelConfig, from_dict
+from vlm.config import ConfigError, ModelConfig, from_dict, load_yaml, parse_yaml
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
 DISTRIBUTED = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """YAML as people write it: `lr: 3e-4` is a number (PyYAML's YAML 1.1 rules make it the string '3e-4')."""
-
-
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+.0123456789")
-)
 
 
 @dataclass
@@ -161,12 +151,7 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
     """
     from vlm.train.sources import check_source  # sources import this module for SourceConfig
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = parse_yaml(path.read_text(), where=str(path))
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    data = load_yaml(path)
     for override in overrides:
         set_override(data, override)
     config = from_dict(TrainConfig, data)
@@ -197,13 +182,6 @@ def set_override(data: dict, override: str):
         node[last] = value
     else:
         raise ConfigError(f"--set {key}: cannot set '{last}' in {type(node).__name__} {node!r:.60}")
-
-
-def parse_yaml(text: str, *, where: str):
-    try:
-        return yaml.load(text, Loader=RecipeLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML ({e})") from None
 
 
 def config_dict(config: TrainConfig) -> dict:

@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from vlm.config import ConfigError, ModelConfig, from_dict, load_yaml, parse_yaml
 

@@ -51,6 +51,7 @@ class VisionLanguageModel(nn.Module):
         self.register_buffer("special_ids", torch.tensor([self.image_token_id, self.end_of_chunk_id]), persistent=False)
         self.lm_vocab_size = lm.get_output_embeddings().weight.shape[0]
         self.vocab_size = max(self.lm_vocab_size, int(self.special_ids.max()) + 1)
+        self.specials_follow_vocab = self.special_ids.tolist() == [self.lm_vocab_size, self.lm_vocab_size + 1]
 
         dim = hidden_size(lm)
         media_dim = config.resampler_dim or dim
@@ -152,10 +153,12 @@ class VisionLanguageModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states (..., d) -> logits over the LM vocabulary and the two special tokens."""
         logits = self.lm.get_output_embeddings()(hidden)
+        special = (hidden @ self.special_embeddings.to(hidden.dtype).T).to(logits.dtype)
+        if self.specials_follow_vocab:
+            return torch.cat([logits, special], dim=-1)  # the usual layout: one copy, no scatter
         if self.vocab_size > self.lm_vocab_size:
             logits = F.pad(logits, (0, self.vocab_size - self.lm_vocab_size), value=torch.finfo(logits.dtype).min)
-        special = hidden @ self.special_embeddings.to(hidden.dtype).T
-        return logits.index_copy(-1, self.special_ids, special.to(logits.dtype))
+        return logits.index_copy(-1, self.special_ids, special)
 
     def media_index(self, input_ids: torch.Tensor, images_before: torch.Tensor | None = None) -> torch.Tensor:
         """(b, t): the 1-based index of the most recent image at or before each token; 0 before the first."""

@@ -181,7 +181,7 @@ def iframe(page: str) -> str:
 def caption_tab(model):
     with gr.Row():
         with gr.Column():
-            image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="caption-image")
+            image = gr.Image(label="Image", sources=["upload", "clipboard"], elem_id="caption-image")
             questions = gr.Textbox(label="Questions, one a line", lines=3, placeholder="What colour is the cat?",
                                    elem_id="caption-questions")
             run = gr.Button("Caption and answer", variant="primary", elem_id="caption-run")

@@ -9,8 +9,8 @@ whole one-token call: image loading, vision encoder, resampler, prompt prefill a
 "tokens/s" counts the tokens after the first of every row over the rest of the time. Each figure is the
 best of --repeats runs: on a shared machine the fastest run is the one least disturbed by other work.
 
-Without shipped default weights it saves the default architecture with fresh (untrained) adapters to a
-temporary folder and loads that: same shapes, so the same speed, and says so.
+Without shipped default weights it builds the default model's recipe (configs/default.yaml) with fresh,
+untrained adapters, saves them to a temporary folder and loads that: the same shapes, so the same speed.
 """
 
 import argparse
@@ -27,8 +27,11 @@ from PIL import Image
 
 import vlm
 from vlm import api
-from vlm.config import ModelConfig
+from vlm.config import ModelConfig, from_dict, load_yaml
 from vlm.model import CONFIG_FILE, build_model
+
+
+DEFAULT_RECIPE = Path(__file__).parents[1] / "configs" / "default.yaml"
 
 
 def picture(seed: int) -> Image.Image:
@@ -80,8 +83,9 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.model or api.DEFAULT_MODEL_DIR
         if args.model is None and not (folder / CONFIG_FILE).is_file():
-            print("default weights not installed: timing the default architecture with fresh adapters")
-            folder = build_model(ModelConfig()).save_pretrained(Path(scratch) / "default")
+            print(f"default weights not installed: timing {DEFAULT_RECIPE.name}'s model with fresh adapters")
+            config = from_dict(ModelConfig, load_yaml(DEFAULT_RECIPE)["model"], where="model")
+            folder = build_model(config).save_pretrained(Path(scratch) / "default")
         print(f"{date.today()}  {machine()}  load average {os.getloadavg()[0]:.2f}")
         print(f"{'dtype':<9} {'batch':>5} {'first token (ms)':>17} {'tokens/s':>9}")
         for dtype in args.dtypes:

@@ -1,7 +1,5 @@
 """The Python API on a tiny random model saved to a folder and loaded back with vlm.load."""
 
-import io
-
 import numpy as np
 import pytest
 import torch

@@ -72,7 +72,7 @@ def test_a_left_padded_batch_gives_the_tokens_of_each_prompt_alone(model):
     assert not attention_mask.all()  # the prompts really differ in length
     for config in (GenerationConfig(max_new_tokens=12), GenerationConfig(max_new_tokens=12, num_beams=3)):
         together = generate(model, input_ids, attention_mask=attention_mask, pixel_values=pixel_values, config=config)
-        alone = [generate(model, ids, pixel_values=images, config=config)[0] for ids, images in map(lambda i: prompt(model, i), range(3))]
+        alone = [generate(model, ids, pixel_values=images, config=config)[0] for ids, images in (prompt(model, i) for i in range(3))]
         assert together == alone
 
 
@@ -80,7 +80,7 @@ def test_beam_search_of_width_one_is_greedy(model):
     input_ids, attention_mask, pixel_values = batch(model)
     for repetition_penalty in (1.0, 1.5):
         config = GenerationConfig(max_new_tokens=10, repetition_penalty=repetition_penalty)
-        kwargs = dict(attention_mask=attention_mask, pixel_values=pixel_values)
+        kwargs = {"attention_mask": attention_mask, "pixel_values": pixel_values}
         assert generate(model, input_ids, config=config.replace(num_beams=1), **kwargs) == generate(
             model, input_ids, config=config, **kwargs
         )
@@ -169,7 +169,7 @@ def test_end_of_chunk_stops_and_image_markers_are_never_generated(model):
 
 def test_sampling_is_seeded_and_its_limits_reduce_to_greedy(model):
     input_ids, attention_mask, pixel_values = batch(model)
-    kwargs = dict(attention_mask=attention_mask, pixel_values=pixel_values)
+    kwargs = {"attention_mask": attention_mask, "pixel_values": pixel_values}
     greedy = generate(model, input_ids, config=GenerationConfig(max_new_tokens=10), **kwargs)
     sampled = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.5, seed=3)
     first = generate(model, input_ids, config=sampled, **kwargs)

@@ -39,7 +39,8 @@ def load(
 ) -> "VLM":
     """Load a saved model folder (adapter.safetensors + config.json); None: the default model.
 
-    dtype "bfloat16" runs the whole model in bf16: about twice as fast on a CPU with AVX-512 BF16 or AMX.
+    dtype "bfloat16" runs the whole model in bf16: half the memory, and a faster prompt (first token) on
+    CPUs with AVX-512 BF16 or AMX (see docs/api.md for measured figures).
     """
     if path is None:
         path = DEFAULT_MODEL_DIR

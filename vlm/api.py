@@ -40,7 +40,7 @@ def load(
     """Load a saved model folder (adapter.safetensors + config.json); None: the default model.
 
     dtype "bfloat16" runs the whole model in bf16: half the memory, and a faster prompt (first token) on
-    CPUs with AVX-512 BF16 or AMX (see docs/api.md for measured figures).
+    CPUs with AVX-512 BF16 or AMX (README.md, "Python API", has measured figures).
     """
     if path is None:
         path = DEFAULT_MODEL_DIR

@@ -90,14 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Evaluate a model; scores are x100, as in the Flamingo tables.")
     tasks = evaluate.add_subparsers(title="tasks", metavar="TASK", required=True)
 
-    sub = tasks.add_parser("caption", help="COCO captioning: BLEU, ROUGE-L, CIDEr-D (docs/evaluation.md).")
+    sub = tasks.add_parser("caption", help="COCO captioning: BLEU, ROUGE-L, CIDEr-D (README: Evaluation).")
     sub.set_defaults(run=eval_caption)
     sub.add_argument("--data", required=True, metavar="FILE", help="Karpathy's dataset_coco.json or a COCO captions_*.json")
     sub.add_argument("--split", help="the Karpathy split(s) to evaluate, comma-separated (default: test)")
     sub.add_argument("--support", metavar="FILE", help="captions the demos come from (default: --data's train+restval)")
     eval_options(sub)
 
-    sub = tasks.add_parser("vqa", help="VQAv2 accuracy (docs/evaluation.md).")
+    sub = tasks.add_parser("vqa", help="VQAv2 accuracy (README: Evaluation).")
     sub.set_defaults(run=eval_vqa)
     sub.add_argument("--questions", required=True, metavar="FILE")
     sub.add_argument("--annotations", required=True, metavar="FILE")

@@ -46,7 +46,7 @@ class VisionEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         # Frozen: run in the tower's own dtype. Under bf16 autocast PyTorch's ViT attention leaves its fast
-        # path (3.7x slower for ViT-B-32 on CPU, docs/performance.md).
+        # path (3.7x slower for ViT-B-32 on CPU, README.md, "Performance").
         dtype = next(self.model.parameters()).dtype
         with torch.autocast(device_type=pixels.device.type, enabled=False):
             return rearrange(self._feature_map(pixels.to(dtype)), "b d r c -> b (r c) d")

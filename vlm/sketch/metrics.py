@@ -1,6 +1,6 @@
 """How close a predicted page is to the reference: on page trees, and (with Chromium) on pixels.
 
-Tree metrics, each in [0, 1] (definitions in docs/sketch2html.md):
+Tree metrics, each in [0, 1] (definitions in README.md, "Sketch to HTML"):
 - dsl_exact: the canonical DSL strings are equal.
 - structure_match: the same layout: same containers nested the same way with the same number
   of elements in each, whatever the elements are.

@@ -29,7 +29,7 @@ DEVICES = ("auto", "cpu", "cuda")
 class SourceConfig:
     kind: str  # jsonl | webdataset | coco | coco_karpathy | vqav2 | sketch | pix2code | easy_vqa
     name: str | None = None  # unique within the run; default: the kind
-    path: str | None = None  # the file, folder or shard pattern the kind reads (see docs/training.md)
+    path: str | None = None  # the file, folder or shard pattern the kind reads (see README.md, "Train your own adapters")
     weight: float = 1.0  # share of the training mixture, relative to the other sources
     loss_weight: float = 1.0  # multiplies the loss of this source's examples
     on_error: str = "skip"  # a bad record or image: "skip" (counted, logged) or "raise"

@@ -110,30 +110,25 @@ def _runs(nodes: tuple[Node, ...]) -> Iterator[list[str] | Node]:
         yield leaves
 
 
+def _lines(nodes, comma: str):
+    """Opening lines, leaf runs joined by `comma`, and closing braces, in document order."""
+    for run in _runs(nodes):
+        if isinstance(run, Node):
+            yield f"{run.token} {{"
+            yield from _lines(run.children, comma)
+            yield "}"
+        else:
+            yield comma.join(run)
+
+
 def to_dsl(tree: Node) -> str:
     """The canonical one-line form, the training target: `header { btn-active , btn-inactive } row { ... }`."""
-    def emit(nodes):
-        for run in _runs(nodes):
-            if isinstance(run, Node):
-                yield f"{run.token} {{"
-                yield from emit(run.children)
-                yield "}"
-            else:
-                yield " , ".join(run)
-    return " ".join(emit(tree.children))
+    return " ".join(_lines(tree.children, " , "))
 
 
 def to_gui(tree: Node) -> str:
     """pix2code's multi-line layout, byte for byte as in its .gui files."""
-    def emit(nodes):
-        for run in _runs(nodes):
-            if isinstance(run, Node):
-                yield f"{run.token} {{"
-                yield from emit(run.children)
-                yield "}"
-            else:
-                yield ", ".join(run)
-    return "\n".join(emit(tree.children)) + "\n"
+    return "\n".join(_lines(tree.children, ", ")) + "\n"
 
 
 def dsl_tokens(tree: Node) -> list[str]:

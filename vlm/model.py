@@ -211,14 +211,20 @@ class VisionLanguageModel(nn.Module):
             result["loss"] = self.loss(output.last_hidden_state, input_ids, labels, attention_mask, media.media_index, loss_weights)
         return result
 
-    def loss(self, hidden, input_ids, labels, attention_mask, media_index, loss_weights=None) -> torch.Tensor:
-        """Next-token cross-entropy on target text, never on padding or image markers."""
+    def loss_labels(self, input_ids, labels, attention_mask=None, media_index=None) -> torch.Tensor:
+        """`labels` with -100 wherever there is nothing to learn: padding, image markers, and (unless the
+        config says otherwise) text before the first image."""
         labels = labels.masked_fill(input_ids == self.image_token_id, -100)
         if attention_mask is not None:
             labels = labels.masked_fill(attention_mask == 0, -100)
         if not self.config.loss_on_text_before_first_image:
+            media_index = self.media_index(input_ids) if media_index is None else media_index
             labels = labels.masked_fill(media_index == 0, -100)
-        targets = labels[:, 1:]
+        return labels
+
+    def loss(self, hidden, input_ids, labels, attention_mask, media_index, loss_weights=None) -> torch.Tensor:
+        """Next-token cross-entropy on target text, never on padding or image markers."""
+        targets = self.loss_labels(input_ids, labels, attention_mask, media_index)[:, 1:]
         selected = targets != -100  # (b, t-1)
         if not selected.any():
             return hidden.sum() * 0.0  # nothing to learn from in this batch; keeps the graph valid

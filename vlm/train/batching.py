@@ -52,8 +52,7 @@ class Collator:
         input_ids = torch.tensor([ids + [pad] * (length - len(ids)) for ids, *_ in rows])
         labels = torch.tensor([lab + [IGNORE_INDEX] * (length - len(lab)) for _, lab, *_ in rows])
         attention_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids, *_ in rows])
-        if not self.model.config.loss_on_text_before_first_image:  # the model's own rule, made explicit here
-            labels = labels.masked_fill(self.model.media_index(input_ids) == 0, IGNORE_INDEX)
+        labels = self.model.loss_labels(input_ids, labels, attention_mask)  # what the loss will count
         loss_weights = torch.tensor([weight for *_, weight in rows], dtype=torch.float32)
         targets = (labels[:, 1:] != IGNORE_INDEX).sum(1)  # the model predicts token t+1 from t
         return Batch(

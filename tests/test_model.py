@@ -195,3 +195,13 @@ def test_weights_saved_in_bfloat16_load_into_a_float32_model(model, tmp_path):
     for key, value in model.adapter_state_dict().items():
         torch.testing.assert_close(loaded.adapter_state_dict()[key], value.to(torch.bfloat16).float(), atol=0, rtol=0)
         assert loaded.adapter_state_dict()[key].dtype == torch.float32
+
+
+def test_a_bfloat16_vision_tower_gives_bfloat16_features_outside_autocast(tiny_lm_dir):
+    model = build_model(tiny_config(tiny_lm_dir, vision_dtype="bfloat16"))
+    assert next(model.vision.model.parameters()).dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tokens = model.vision(torch.zeros(2, 3, *model.vision.image_size))
+    assert tokens.dtype == torch.bfloat16 and tokens.shape[:2] == (2, model.vision.grid_size[0] * model.vision.grid_size[1])
+    text = ids(model, "<image> a cat")
+    assert torch.isfinite(model(text, pixel_values=images_for(model, 1), labels=text)["loss"])

@@ -26,6 +26,7 @@ class ModelConfig:
     vision: str = DEFAULT_VISION  # "open_clip:NAME" or "timm:NAME"
     vision_weights: str | None = DEFAULT_VISION_WEIGHTS  # pretrained tag, local path, "registry:NAME", or None (random)
     image_size: tuple[int, int] | None = None  # (height, width); None: the encoder's native size
+    vision_dtype: str = "float32"  # the frozen encoder's weights; bfloat16 halves its time on CPUs with bf16 units
     lm: str = DEFAULT_LM  # "registry:NAME", local HF folder or .gguf file, or a Hugging Face id
     lm_dtype: str = "float32"
     decoder_layers_attr: str | None = None  # dotted path to the LM's decoder layers; None: found automatically
@@ -57,8 +58,9 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.cross_attn_first_layer < 0:
             raise ConfigError(f"model.cross_attn_first_layer must be >= 0, got {self.cross_attn_first_layer}")
-        if self.lm_dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"model.lm_dtype must be float32, bfloat16 or float16, got {self.lm_dtype!r}")
+        for name in ("lm_dtype", "vision_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ConfigError(f"model.{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
         if self.image_size is not None:
             self.image_size = tuple(self.image_size)
             if len(self.image_size) != 2 or min(self.image_size) < 1:

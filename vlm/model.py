@@ -317,7 +317,7 @@ def build_model(config: ModelConfig) -> VisionLanguageModel:
     lm, tokenizer = backbones.load_language_model(config.lm, dtype=getattr(torch, config.lm_dtype))
     loaded = backbones.load_vision_model(config.vision, weights=config.vision_weights)
     vision = VisionEncoder(
-        model=loaded.model,
+        model=loaded.model.to(getattr(torch, config.vision_dtype)),
         family=loaded.family,
         image_size=config.image_size or loaded.image_size,
         mean=loaded.mean,

@@ -28,7 +28,7 @@ class VisionEncoder(nn.Module):
         model.requires_grad_(False)
         model.eval()
         with torch.no_grad():
-            grid = self._feature_map(torch.zeros(1, 3, *self.image_size))
+            grid = self._feature_map(torch.zeros(1, 3, *self.image_size, dtype=next(model.parameters()).dtype))
         self.width = grid.shape[1]
         self.grid_size = tuple(grid.shape[2:])
 

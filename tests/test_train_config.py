@@ -86,8 +86,6 @@ def test_the_command_reports_a_typo_before_loading_any_weights(tmp_path, recipe,
 
 @pytest.mark.parametrize("name", ["tiny.yaml", "default.yaml", "gpu-vit-l14-1b.yaml"])
 def test_the_shipped_configs_are_valid(name, monkeypatch):
-    if "kind: easy_vqa" in (CONFIGS / name).read_text():
-        pytest.importorskip("easy_vqa")
     monkeypatch.chdir(CONFIGS.parent)  # their data paths are relative to the repository
     config = load_train_config(CONFIGS / name)
     assert config.data.sources and (config.run.steps or config.run.epochs)
@@ -126,7 +124,6 @@ def test_pix2code_holds_out_its_last_tenth():
 
 
 def test_easy_vqa_is_a_source_of_questions():
-    pytest.importorskip("easy_vqa")
     check_source(SourceConfig(kind="easy_vqa", options={"split": "test"}), where="data.sources[0]")
     source = build_source(SourceConfig(kind="easy_vqa", options={"split": "test"}), tokenizer=None)
     example = source[0]

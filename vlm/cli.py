@@ -6,6 +6,7 @@
     vlm chat --image photo.jpg                       # a conversation in the terminal
     vlm train configs/tiny.yaml
     vlm eval caption --data dataset_coco.json --images coco/ --shots 0,4,32
+    vlm eval write-sets eval-sets/                   # held-out generated pages, and the commands to score them
     vlm demo --port 7860
 
 --json prints one JSON object per result on stdout. A problem with the input (a missing or broken
@@ -15,6 +16,7 @@ file, a bad config, a model folder that is not one) prints one line, `vlm: error
 import argparse
 import importlib.util
 import json
+import shlex
 import sys
 import warnings
 from contextlib import redirect_stdout
@@ -107,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = tasks.add_parser("sketch2html", help="Sketch-to-HTML: tree and element scores (vlm.sketch).")
     sub.set_defaults(run=eval_sketch2html)
-    sub.add_argument("--data", required=True, metavar="DIR", help="NAME.png with NAME.gui or NAME.html")
+    sub.add_argument("--data", required=True, metavar="DIR",
+                     help="a folder of NAME.png with NAME.gui or NAME.html, or pix2code's web set with --split")
+    sub.add_argument("--split", choices=("train", "validation"),
+                     help="with pix2code's web set as --data: its pages but the last tenth, or that tenth")
     sub.add_argument("--visual", action="store_true", help="add the rendered-block scores (needs Chromium)")
     sub.add_argument("--batch-size", type=positive, default=8)
     sub.add_argument("--limit", type=positive, metavar="N", help="only the first N samples")
@@ -115,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(sub)
     sub.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     generation_options(sub)
+
+    sub = tasks.add_parser("write-sets", help="Write held-out generated pages (and easy-VQA) to evaluate on.",
+                           description="Write held-out sets in the formats the other tasks read, and print "
+                                       "the commands that evaluate them. Nothing loads a model.")
+    sub.set_defaults(run=eval_write_sets)
+    sub.add_argument("out", metavar="OUT", help="the folder to write pages/ (and easy-vqa/) into")
+    # None keeps vlm.eval.write_page_sets' defaults, which the help repeats
+    sub.add_argument("--pages", type=int, metavar="N", help="generated pages, each drawn in every style (default: 100)")
+    sub.add_argument("--seed", type=int, metavar="S",
+                     help="the first page's seed; pages take S, S+1, ... (default: 90000000, past every training seed)")
+    sub.add_argument("--styles", nargs="+", metavar="STYLE",
+                     help="each page is drawn in every one (default: sketch wireframe pix2code; browser: Chromium)")
+    sub.add_argument("--questions-per-page", type=int, metavar="K", help="questions about each page (default: 3)")
+    sub.add_argument("--easy-vqa-split", choices=("train", "test"), help="also write this split of easy-VQA")
+    sub.add_argument("--easy-vqa-limit", type=positive, metavar="N", help="only its first N questions")
 
     sub = command("demo", demo, "Serve the Gradio demo: chat, sketch to HTML, caption and VQA.", results=False)
     sub.add_argument("--host", default="127.0.0.1", help="the address to bind (default: 127.0.0.1, this machine only)")
@@ -334,11 +354,19 @@ def _run_eval(args, evaluate, examples, support, *, max_new_tokens: int, what: s
 
 
 def eval_sketch2html(args):
-    from vlm.sketch import chromium_missing, evaluate_sketch2html, load_samples
+    from vlm.sketch import chromium_missing, evaluate_sketch2html, load_samples, pix2code_split
 
     if args.visual and (reason := chromium_missing()):
         raise CommandError(f"--visual needs headless Chromium: {reason}")
-    samples = load_samples(args.data)[: args.limit]
+    if args.split:
+        if not (Path(args.data) / "train").is_dir():
+            raise CommandError(f"--split picks part of pix2code's web set (a folder holding train/), "
+                               f"and {args.data} has no train/ folder; drop --split to evaluate all of it")
+        train, validation = pix2code_split(args.data)
+        samples = train if args.split == "train" else validation
+    else:
+        samples = load_samples(args.data)
+    samples = samples[: args.limit]
     model = load_model(args)
     options = generation(args)
     report = evaluate_sketch2html(lambda images: model.sketch_to_html(list(images), **options), samples,
@@ -347,6 +375,35 @@ def eval_sketch2html(args):
         Path(args.output).write_text(json.dumps(report, indent=1))
     scores = report["aggregate"]
     emit(args, scores, "\n".join(f"{name:<20} {value:10.4f}" for name, value in scores.items()))
+
+
+def eval_write_sets(args):
+    from vlm.eval import write_easy_vqa, write_page_sets
+
+    def vlm_eval(*words) -> str:
+        return shlex.join(["vlm", "eval", *map(str, words)])
+
+    def vqa(sets: dict) -> str:  # zero-shot with a bare query: the format the model was trained on
+        return vlm_eval("vqa", "--questions", sets["questions"], "--annotations", sets["annotations"],
+                        "--images", sets["images"], "--text-demos", 0)
+
+    out = Path(args.out)
+    given = {name: getattr(args, name) for name in ("pages", "seed", "styles", "questions_per_page")
+             if getattr(args, name) is not None}
+    pages = write_page_sets(out / "pages", **given)
+    commands = [
+        "# sketch to HTML: element_f1, structure_match",
+        vlm_eval("sketch2html", "--data", pages["sketches"]),
+        "# questions about the pages: accuracy, and accuracy[number] over the counting questions",
+        vqa(pages),
+        "# captions of the pages: CIDEr-D (their descriptions run to 45 tokens, past the default 20)",
+        vlm_eval("caption", "--data", pages["captions"], "--images", pages["images"], "--text-demos", 0,
+                 "--max-new-tokens", 64),
+    ]
+    if args.easy_vqa_split:
+        easy = write_easy_vqa(out / "easy-vqa", split=args.easy_vqa_split, limit=args.easy_vqa_limit)
+        commands += [f"# easy-VQA's {args.easy_vqa_split} split: accuracy", vqa(easy)]
+    print(f"# wrote {out}; evaluate the default model (--model DIR for another) with:", *commands, sep="\n")
 
 
 def demo(args):

@@ -143,7 +143,7 @@ def load_vqa(questions_path: str | Path, annotations_path: str | Path,
         annotation = by_question[question_id]
         if image_id not in image_paths:
             candidates = [f"COCO_{subtype}_{image_id:012d}.jpg", f"{subtype}/COCO_{subtype}_{image_id:012d}.jpg"]
-            candidates = (candidates if subtype else []) + [f"{image_id:012d}.jpg"]
+            candidates = (candidates if subtype else []) + [f"{image_id:012d}.jpg", f"{image_id:012d}.png"]
             image_paths[image_id] = _resolve_image(images_dir, candidates, f"image {image_id}")
         answers = tuple(_field(a, "answer", f"annotation of question {question_id}")
                         for a in _field(annotation, "answers", f"annotation of question {question_id}"))

@@ -7,7 +7,6 @@ NAME.html; write_generated_set makes such a folder from the data engine.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -93,20 +92,22 @@ def evaluate_sketch2html(predict: Callable[[list[Image.Image]], list[str]], samp
 
 def write_generated_set(out_dir: str | Path, n: int, seed: int, styles: Sequence[str] = ("sketch",), *,
                         vocabulary: str = "full") -> list[Path]:
-    """Write `n` generated pages, each drawn in every style, as NAME.png + NAME.gui + NAME.html.
+    """Write the generated pages of seeds seed, seed + 1, ..., seed + n - 1, each drawn in every style,
+    as NAME.png + NAME.gui + NAME.html.
 
-    Names are PAGE-STYLE (00012-sketch); the same seed writes the same files. Returns the PNG paths.
+    Consecutive seeds make a held-out range easy to keep apart from the ranges training draws from.
+    Names are PAGE-STYLE (00012-sketch: page seed + 12); the same seed writes the same files.
+    Returns the PNG paths, page by page, each page's styles in the order given.
     """
     unknown = [s for s in styles if s not in STYLES]
     if unknown:
         raise ValueError(f"unknown styles {unknown}; choose from {STYLES}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = random.Random(seed)
     written = []
     with Chromium() if "browser" in styles else nullcontext() as browser:
         for i in range(n):
-            page = generate_page(seeds.getrandbits(32), vocabulary=vocabulary)
+            page = generate_page(seed + i, vocabulary=vocabulary)
             for style in styles:
                 name = f"{i:05d}-{style}"
                 render(page, style=style, browser=browser).save(out / f"{name}.png")

@@ -154,4 +154,5 @@ def test_bad_input_is_one_line(pix2code, tmp_path, capsys):
     write_page_sets(tmp_path / "c" / "pages", pages=1, styles=["wireframe"])
     assert "is not empty" in one_line_error(capsys, "eval", "write-sets", tmp_path / "c")
     plain = pix2code / "train"  # a plain folder of samples, which has no train/ of its own
-    assert "--split" in one_line_error(capsys, "eval", "sketch2html", "--data", plain, "--split", "validation")
+    assert "is not pix2code's web set: it has no train/ folder" in one_line_error(
+        capsys, "eval", "sketch2html", "--data", plain, "--split", "validation")

@@ -16,8 +16,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import easy_vqa
-
+from vlm.data.easy_vqa import read_easy_vqa
 from vlm.sketch import describe, generate_page, page_questions, write_generated_set
 
 HELD_OUT_SEED = 90_000_000
@@ -60,18 +59,14 @@ def write_page_sets(out_dir: str | Path, *, pages: int = 100, seed: int = HELD_O
 def write_easy_vqa(out_dir: str | Path, *, split: str = "test", limit: int | None = None) -> dict[str, Path]:
     """easy-VQA's split (the easy-vqa package), its first `limit` questions, as a VQAv2 questions and
     annotations pair, with their pictures linked in as images/ID.png. Returns the paths by name."""
-    if split not in ("train", "test"):
-        raise ValueError(f"easy-VQA's splits are train and test, not {split!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"the easy-VQA limit must be >= 1, got {limit}")
+    items = read_easy_vqa(split)[:limit]  # (image id, question, answer, picture)
     out = _unused_folder(out_dir)
-    texts, answers, image_ids = easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions()
-    pictures = easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
-    questions = list(zip(image_ids, texts, answers))[:limit]
     (out / "images").mkdir(parents=True)
-    for image_id in sorted({image_id for image_id, _, _ in questions}):
-        _link(pictures[image_id], out / "images" / f"{image_id:012d}.png")
-    return {"images": out / "images"} | _write_vqa(out, questions)
+    for image_id, picture in sorted({(image_id, picture) for image_id, _, _, picture in items}):
+        _link(picture, out / "images" / f"{image_id:012d}.png")
+    return {"images": out / "images"} | _write_vqa(out, [item[:3] for item in items])
 
 
 def answer_type(answer: str) -> str:

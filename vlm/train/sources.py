@@ -14,6 +14,7 @@ from pathlib import Path
 from vlm.config import ConfigError
 from vlm.data import Example
 from vlm.data.coco import CocoCaptions, KarpathyCaptions, VQAv2
+from vlm.data.easy_vqa import SPLITS, read_easy_vqa
 from vlm.data.jsonl import JsonlSource
 from vlm.data.mixture import Component, Mixture
 from vlm.data.webdataset import WebDatasetSource, expand_shards
@@ -135,13 +136,9 @@ class EasyVQA:
     shape and colour questions; split "train" or "test"."""
 
     def __init__(self, *, split: str = "train"):
-        if split not in ("train", "test"):
+        if split not in SPLITS:
             raise ConfigError(f"easy_vqa split must be train or test, got {split!r}")
-        import easy_vqa as data
-
-        questions, answers, image_ids = data.get_train_questions() if split == "train" else data.get_test_questions()
-        paths = data.get_train_image_paths() if split == "train" else data.get_test_image_paths()
-        self.items = [(question, answer, paths[i]) for question, answer, i in zip(questions, answers, image_ids)]
+        self.items = [(question, answer, path) for _, question, answer, path in read_easy_vqa(split)]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -1,6 +1,7 @@
 """The training loop on a tiny model: it learns, resumes exactly, and survives NaNs, SIGINT, SIGKILL and a full disk."""
 
 import errno
+import functools
 import json
 import math
 import os
@@ -22,13 +23,14 @@ from transformers import AutoModelForCausalLM
 import vlm
 from vlm.data import DataError
 from vlm.model import VisionLanguageModel
-from vlm.train import load_train_config, train
 from vlm.train import checkpoint as checkpoint_module
+from vlm.train import load_train_config, train
+from vlm.train import trainer as trainer_module
 from vlm.train.batching import Collator, FeatureCache, TrainStep
 from vlm.train.checkpoint import CheckpointError, latest_checkpoint
 from vlm.train.distributed import init_world
 from vlm.train.metrics import read_metrics
-from vlm.train.trainer import TooManyBadSteps, Trainer
+from vlm.train.trainer import TooManyBadSteps, Trainer, lr_factor
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
 
@@ -132,13 +134,14 @@ def test_cached_features_give_the_loss_of_pixels(tmp_path, readable_lm, shapes):
     config = load_train_config(write_recipe(tmp_path / "c.yaml", tiny_recipe(readable_lm, shapes, tmp_path / "run")))
     trainer = Trainer(config, world=init_world("cpu"))
     examples = [next(trainer.mixture) for _ in range(4)]
-    batch = Collator(trainer.model, max_length=32, max_pixels=10**6, on_error={})(examples)
+    collate = functools.partial(Collator, trainer.model, max_length=32, max_pixels=10**6, on_error={})
+    pixel_batch, image_batch = collate(pixels=True)(examples), collate(pixels=False)(examples)
     cache = FeatureCache(tmp_path / "features", model=trainer.model, dtype=None)
     with torch.no_grad():
-        from_pixels = TrainStep(trainer.model)(batch)
-        cold = TrainStep(trainer.model, cache)(batch)
+        from_pixels = TrainStep(trainer.model)(pixel_batch)
+        cold = TrainStep(trainer.model, cache)(image_batch)
         assert (cache.hits, cache.misses) == (0, 4)
-        warm = TrainStep(trainer.model, cache)(batch)
+        warm = TrainStep(trainer.model, cache)(image_batch)
         assert (cache.hits, cache.misses) == (4, 4)  # the encoder did not run again
     torch.testing.assert_close(cold, from_pixels, rtol=0, atol=1e-6)
     assert torch.equal(warm, cold)
@@ -178,7 +181,10 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
     assert steps == list(range(1, 9))  # lines the killed run wrote past its checkpoint are not repeated
 
 
-def test_sigint_writes_a_checkpoint_and_exits_then_resume_finishes_the_run(tmp_path, readable_lm, shapes, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigint_writes_a_checkpoint_and_exits_then_resume_finishes_the_run(tmp_path, readable_lm, shapes, monkeypatch,
+                                                                           workers):
+    # the reference loads in-process; with workers, steps loaded ahead when SIGINT came are not lost on resume
     reference = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "reference", steps=5))
 
     original = Trainer.train_step
@@ -190,7 +196,7 @@ def test_sigint_writes_a_checkpoint_and_exits_then_resume_finishes_the_run(tmp_p
         return out
 
     monkeypatch.setattr(Trainer, "train_step", interrupted_at_step_3)
-    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=5, checkpoint_every=100)
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=5, checkpoint_every=100, data_workers=workers)
     result = run_recipe(tmp_path, recipe)
     assert result.interrupted and result.step == 3 and result.final is None
     assert latest_checkpoint(tmp_path / "run").name == "step-00000003"
@@ -283,7 +289,8 @@ def test_the_gradient_is_the_global_mean_however_the_batch_is_split(tmp_path, re
                 block.attention_gate.fill_(0.5)
                 block.ff_gate.fill_(0.5)
         examples = [next(trainer.mixture) for _ in range(4)]
-        loss = trainer.backward(examples)
+        micro_batch = 4 // accumulation
+        loss = trainer.backward([trainer.collate(examples[i : i + micro_batch]) for i in range(0, 4, micro_batch)])
         gradients[accumulation] = loss, {k: p.grad.clone() for k, p in trainer.model.trainable_parameters().items()}
     # captions of different lengths: a mean of micro-batch means would weigh tokens unequally
     assert len({trainer.collate([e]).target_weight for e in examples}) > 1
@@ -308,19 +315,37 @@ def test_fp16_needs_a_gpu(tmp_path, readable_lm, shapes):
         run_recipe(tmp_path, {**recipe, "run": {**recipe["run"], "device": "cpu"}})
 
 
-def test_an_unreadable_image_is_skipped_and_counted_or_raises(tmp_path, readable_lm, shapes):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_image_is_skipped_and_counted_or_raises(tmp_path, readable_lm, shapes, workers):
     data = tmp_path / "data.jsonl"
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
     lines = shapes.read_text().splitlines()[:3] + [json.dumps({"image": "broken.png", "text": "a broken square"})]
     data.write_text("\n".join(line.replace('"image": "', f'"image": "{shapes.parent}/') if "broken" not in line else line
                               for line in lines) + "\n")
     # micro-batches of one example: the broken one leaves a micro-batch with nothing to learn
-    run_recipe(tmp_path, tiny_recipe(readable_lm, data, tmp_path / "run", steps=2, grad_accum=4))
+    run_recipe(tmp_path, tiny_recipe(readable_lm, data, tmp_path / "run", steps=2, grad_accum=4, data_workers=workers))
     records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert [r["skipped"] for r in records] == [1, 2]  # 2 epochs of 4: the broken image came twice
     assert all(math.isfinite(r["loss"]) for r in records)
 
-    strict = tiny_recipe(readable_lm, data, tmp_path / "strict", steps=2)
+    strict = tiny_recipe(readable_lm, data, tmp_path / "strict", steps=2, data_workers=workers)
     strict["data"]["sources"][0]["on_error"] = "raise"
     with pytest.raises(DataError, match=r"source 'jsonl': .*broken.png"):
         run_recipe(tmp_path, strict)
+
+
+def test_max_minutes_ends_the_run_and_its_cosine_early(tmp_path, readable_lm, shapes, monkeypatch):
+    clock = iter(range(10**6))  # every reading of the clock is a second after the last
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=1000, max_minutes=1)
+    recipe["schedule"] = {"name": "cosine", "min_lr_ratio": 0.1}
+    result = run_recipe(tmp_path, recipe)
+    assert 5 < result.step < 60 and result.final.is_dir()  # a minute of readings, not 1000 steps
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 3e-3 * 0.15  # near the floor (0.1) when time ran out
+
+
+def test_time_used_ends_the_cosine_whatever_the_step():
+    assert lr_factor(10, name="cosine", warmup=0, total=1000, min_ratio=0.1, time_used=1.0) == pytest.approx(0.1)
+    assert lr_factor(10, name="cosine", warmup=0, total=1000, min_ratio=0.1, time_used=0.5) == pytest.approx(0.55)
+    assert lr_factor(10, name="constant", warmup=0, total=1000, min_ratio=0.1, time_used=1.0) == 1.0

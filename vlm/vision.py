@@ -53,11 +53,19 @@ class VisionEncoder(nn.Module):
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """An RGB PIL image -> a normalised (3, h, w) float tensor at the encoder's input size."""
+        return self.normalize(self.resize(image))
+
+    def resize(self, image: Image.Image) -> torch.Tensor:
+        """An image -> (3, h, w) uint8 at the encoder's input size: a quarter of the float tensor's bytes, for
+        data-loading workers to send; `normalize` finishes it on the model's device."""
         height, width = self.image_size
         image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        # Always a CPU tensor (data loading runs on the CPU), wherever the model itself lives.
-        return (pixels - self.mean.cpu()) / self.std.cpu()
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, h, w) from `resize` -> the encoder's normalised float input, on `pixels`' device."""
+        pixels = pixels.float() / 255.0
+        return (pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)
 
 
 def _pair(x) -> tuple[int, int]:

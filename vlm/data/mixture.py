@@ -18,6 +18,12 @@ import numpy as np
 from vlm.data import DataError, Example, MapSource, Source
 
 
+@dataclass(frozen=True)
+class Draw:
+    component: int  # index into Mixture.components
+    item: "int | Example"  # a map-style source's index, or the example a stream yielded
+
+
 @dataclass
 class Component:
     name: str
@@ -54,14 +60,12 @@ class Mixture:
         return self
 
     def __next__(self) -> Example:
+        return self.materialize(self.draw())
+
+    def draw(self) -> "Draw":
+        """The next example's place, without loading it where the source allows (map-style: an index)."""
         u = np.random.default_rng([self.seed, self._step]).random()
         index = min(bisect.bisect_right(self._cumulative, u), len(self.components) - 1)
-        component = self.components[index]
-        example = self._next_of(index)
-        self._step += 1
-        return replace(example, source=component.name, loss_weight=component.loss_weight)
-
-    def _next_of(self, index: int) -> Example:
         source, cursor = self.components[index].source, self._cursors[index]
         if isinstance(source, MapSource):
             if cursor[1] == len(source):
@@ -69,19 +73,27 @@ class Mixture:
                 self._readers[index] = None
             if self._readers[index] is None:
                 self._readers[index] = np.random.default_rng([self.seed, index, cursor[0]]).permutation(len(source))
-            example = source[int(self._readers[index][cursor[1]])]
-        else:
+            item = int(self._readers[index][cursor[1]])
+        else:  # a stream has no random access: its example is read here
             if self._readers[index] is None:  # first use, or resumed: skip what was read before
                 self._readers[index] = itertools.islice(iter(source), cursor[1], None)
-            example = next(self._readers[index], None)
-            if example is None:  # end of a pass: start the next one
+            item = next(self._readers[index], None)
+            if item is None:  # end of a pass: start the next one
                 cursor[:] = [cursor[0] + 1, 0]
                 self._readers[index] = iter(source)
-                example = next(self._readers[index], None)
-                if example is None:
+                item = next(self._readers[index], None)
+                if item is None:
                     raise DataError(f"component {self.components[index].name!r}: the source yielded no examples")
         cursor[1] += 1
-        return example
+        self._step += 1
+        return Draw(index, item)
+
+    def materialize(self, draw: "Draw") -> Example:
+        """The drawn example, tagged with its component. Costly for generated or decoded sources, so a
+        data-loading worker process may do it for the process that drew."""
+        component = self.components[draw.component]
+        example = component.source[draw.item] if isinstance(draw.item, int) else draw.item
+        return replace(example, source=component.name, loss_weight=component.loss_weight)
 
     def state_dict(self) -> dict:
         return {

@@ -28,23 +28,31 @@ class Batch:
     attention_mask: torch.Tensor  # (b, t)
     labels: torch.Tensor  # (b, t): IGNORE_INDEX wherever the model takes no loss
     loss_weights: torch.Tensor  # (b,)
-    images: list[list[Image.Image]]  # the real images of each example
+    num_images: torch.Tensor  # (b,): real images per example
     target_weight: float  # sum over target tokens of their example's loss weight
-
-    @property
-    def num_images(self) -> torch.Tensor:  # (b,)
-        return torch.tensor([len(images) for images in self.images])
+    images: list[Image.Image]  # the real images in order (feature cache), or [] when pixels are given
+    pixels: torch.Tensor | None = None  # (b, m, 3, h, w) uint8 at the encoder's input size, zeros pad
 
 
 class Collator:
-    """Loads and encodes examples; a bad one (unreadable image, too long to fit) is skipped or raises, per source."""
+    """Loads and encodes examples; a bad one (unreadable image, too long to fit) is skipped or raises, per source.
 
-    def __init__(self, model: VisionLanguageModel, *, max_length: int, max_pixels: int, on_error: dict[str, str]):
+    With `pixels`, images are resized to the encoder's input here (uint8), which data-loading workers can
+    then do beside the training step; without, they stay PIL images for the feature cache.
+    """
+
+    def __init__(self, model: VisionLanguageModel, *, max_length: int, max_pixels: int, on_error: dict[str, str],
+                 pixels: bool = True):
         self.model, self.max_length, self.max_pixels, self.on_error = model, max_length, max_pixels, on_error
+        self.pixels = pixels
         self.skipped = Counter()  # (source, reason) -> examples
 
     def __call__(self, examples: list[Example]) -> Batch:
-        rows = [row for example in examples if (row := self._load(example)) is not None]
+        return self.collate([self.load(example) for example in examples])
+
+    def collate(self, rows: list) -> Batch:
+        """Rows from `load` (None: a skipped example) -> one padded batch."""
+        rows = [row for row in rows if row is not None]
         if not rows:  # every example was bad: one target-less token keeps the collective steps in step
             rows = [([self.model.tokenizer.pad_token_id], [IGNORE_INDEX], [], 0.0)]
         length = max(len(ids) for ids, *_ in rows)
@@ -55,16 +63,27 @@ class Collator:
         labels = self.model.loss_labels(input_ids, labels, attention_mask)  # what the loss will count
         loss_weights = torch.tensor([weight for *_, weight in rows], dtype=torch.float32)
         targets = (labels[:, 1:] != IGNORE_INDEX).sum(1)  # the model predicts token t+1 from t
+        images = [image for _, _, row_images, _ in rows for image in row_images]
+        num_images = torch.tensor([len(row_images) for _, _, row_images, _ in rows])
+        pixels = None
+        if self.pixels and images:
+            real = torch.arange(int(num_images.max()))[None] < num_images[:, None]  # (b, m)
+            pixels = torch.zeros(*real.shape, *images[0].shape, dtype=torch.uint8)  # (b, m, 3, h, w)
+            pixels[real] = torch.stack(images)
+            images = []
         return Batch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             labels=labels,
             loss_weights=loss_weights,
-            images=[images for _, _, images, _ in rows],
+            num_images=num_images,
             target_weight=float((targets * loss_weights).sum()),
+            images=images,
+            pixels=pixels,
         )
 
-    def _load(self, example: Example):
+    def load(self, example: Example):
+        """One example -> (input ids, labels, images, loss weight), or None when it is skipped (counted)."""
         try:
             images = example.load_images(max_pixels=self.max_pixels)
             encoded = encode(example.segments, self.model.tokenizer, max_length=self.max_length)
@@ -74,6 +93,8 @@ class Collator:
             self.skipped[example.source, type(e).__name__] += 1
             return None
         images = images[encoded.first_image : encoded.first_image + encoded.num_images]
+        if self.pixels:
+            images = [self.model.vision.resize(image) for image in images]
         return encoded.input_ids, encoded.labels, images, example.loss_weight
 
 
@@ -101,15 +122,13 @@ class TrainStep(nn.Module):
             loss_weights=batch.loss_weights.to(device),
         )
         input_ids = batch.input_ids.to(device)
-        real = torch.arange(max(map(len, batch.images), default=0))[None] < batch.num_images[:, None]  # (b, m)
-        images = [image for row in batch.images for image in row]  # the real ones, in the order of real's True
-        if not images:
+        if batch.pixels is not None:
+            pixels = self.model.vision.normalize(batch.pixels.to(device))  # (b, m, 3, h, w)
+            return self.model(input_ids, pixel_values=pixels, **tensors)["loss"]
+        if not batch.images:
             return self.model(input_ids, **tensors)["loss"]
-        if self.features is None:
-            pixels = torch.zeros(*real.shape, 3, *self.model.vision.image_size)  # (b, m, 3, h, w), zeros pad
-            pixels[real] = torch.stack([self.model.vision.preprocess(image) for image in images])
-            return self.model(input_ids, pixel_values=pixels.to(device), **tensors)["loss"]
-        tokens = self.features(images)  # (k, n, c)
+        real = torch.arange(int(batch.num_images.max()))[None] < batch.num_images[:, None]  # (b, m)
+        tokens = self.features(batch.images)  # (k, n, c), in the order of real's True
         latents = self.model.resample(tokens.unsqueeze(1).to(device), real.to(device))  # (b, m, l, d)
         return self.model(input_ids, media=MediaState(latents=latents), **tensors)["loss"]
 

@@ -100,6 +100,8 @@ class RunConfig:
     epochs: float | None = None  # passes over the map-style training sources' examples, summed
     batch_size: int = 8  # examples per optimiser step, over all processes and accumulation steps together
     grad_accum: int = 1  # micro-batches per step on each process
+    max_minutes: float | None = None  # also stop after this much training time (the cosine then ends early)
+    data_workers: int = 0  # processes that load examples (draw pages, decode images) beside the step; 0: none
     seed: int = 0
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda
     distributed: str = "ddp"  # under torchrun: ddp (the whole model on each process) | fsdp (the LM's layers sharded)
@@ -119,6 +121,8 @@ class RunConfig:
                 raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ConfigError(f"run.eval_every must be >= 1 or null, got {self.eval_every}")
+        if self.max_minutes is not None and not self.max_minutes > 0 or self.data_workers < 0:
+            raise ConfigError(f"run.max_minutes must be > 0 or null and run.data_workers >= 0, got {self.max_minutes} and {self.data_workers}")
         if self.max_bad_steps < 0:
             raise ConfigError(f"run.max_bad_steps must be >= 0, got {self.max_bad_steps}")
         if self.device not in DEVICES:

@@ -28,10 +28,18 @@ from vlm.config import ConfigError
 from vlm.data import MapSource
 from vlm.language_model import find_decoder_layers
 from vlm.model import VisionLanguageModel, build_model
-from vlm.train.batching import Collator, FeatureCache, TrainStep
+from vlm.train.batching import Batch, Collator, FeatureCache, TrainStep
 from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vlm.train.config import TrainConfig, config_dict
-from vlm.train.distributed import World, average_gradients, close_world, init_world, shard_language_model, wrap_ddp
+from vlm.train.distributed import (
+    World,
+    average_gradients,
+    close_world,
+    init_world,
+    shard_language_model,
+    wrap_ddp,
+)
+from vlm.train.loader import StepLoader
 from vlm.train.metrics import Metrics
 from vlm.train.sources import build_mixture
 
@@ -63,13 +71,16 @@ def train(config: TrainConfig, *, resume: bool = False, task_metrics: TaskMetric
         close_world(world)
 
 
-def lr_factor(step: int, *, name: str, warmup: int, total: int, min_ratio: float) -> float:
-    """The learning-rate multiplier after `step` optimiser steps: linear warm-up, then constant or cosine."""
+def lr_factor(step: int, *, name: str, warmup: int, total: int, min_ratio: float, time_used: float = 0.0) -> float:
+    """The learning-rate multiplier after `step` optimiser steps: linear warm-up, then constant or cosine.
+
+    `time_used` (0..1), the share of a time budget spent, ends the cosine early when time runs out first.
+    """
     if step < warmup:
         return (step + 1) / warmup
     if name == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_used))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -121,13 +132,18 @@ class Trainer:
             )
         seed_everything(run.seed)
         model = self.model = build_model(config.model)
+        cache = config.data.feature_cache
         self.mixture = build_mixture(config.data.sources, tokenizer=model.tokenizer, seed=run.seed)
-        self.collate = self._collator(config.data.sources)
+        self.collate = self._collator(config.data.sources, pixels=cache is None)
+        self.loader = StepLoader(  # before the model moves to a GPU: its workers fork
+            self.mixture, self.collate, batch_size=run.batch_size, micro_batch=self.micro_batch,
+            slice_of=self._my_share, workers=run.data_workers,
+        )
         self.validation = None
         if config.data.validation:
             self.validation = build_mixture(config.data.validation, tokenizer=model.tokenizer, seed=run.seed)
             self.validation_start = self.validation.state_dict()
-            self.collate_validation = self._collator(config.data.validation)
+            self.collate_validation = self._collator(config.data.validation, pixels=cache is None)
         self.steps = run.steps or self._steps_for_epochs(run.epochs)
 
         if run.gradient_checkpointing:
@@ -140,7 +156,6 @@ class Trainer:
             # The CPU's fused attention kernel is 2.5x slower than plain matmul + softmax in bf16 (forward and
             # backward of one SmolLM2 layer: 32.7 vs 13.1 ms; README, "Performance"); in fp32 it is faster.
             model.lm.set_attn_implementation("eager")
-        cache = config.data.feature_cache
         self.step_module = TrainStep(model, FeatureCache(cache, model=model, dtype=self.autocast) if cache else None)
         ddp = world.distributed and run.distributed == "ddp"
         self.forward_loss = wrap_ddp(self.step_module, world) if ddp else self.step_module
@@ -153,10 +168,12 @@ class Trainer:
             eps=optim.eps,
             fused=world.device.type == "cuda" or None,
         )
+        self.seconds_before = 0.0  # training time of the run before this process (resume)
+        self.started = time.perf_counter()
         factor = functools.partial(
             lr_factor, name=schedule.name, warmup=schedule.warmup_steps, total=self.steps, min_ratio=schedule.min_lr_ratio
         )
-        self.scheduler = LambdaLR(self.optimizer, factor)
+        self.scheduler = LambdaLR(self.optimizer, lambda step: factor(step, time_used=self.time_used()))
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
 
         self.step, self.bad_steps, self.samples = 0, 0, 0
@@ -178,8 +195,9 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         progress = tqdm(total=self.steps, initial=self.step, disable=not self.world.is_main, dynamic_ncols=True)
         started, started_step = time.perf_counter(), self.step
+        self.started = started
         try:
-            while self.step < self.steps:
+            while self.step < self.steps and not self._out_of_time():
                 loss, grad_norm = self.train_step()
                 if loss is not None:  # None: a skipped step, counted in train_step
                     self.step += 1
@@ -195,6 +213,8 @@ class Trainer:
                     self.save()
                     self._log(f"interrupted: checkpoint of step {self.step} written; continue with --resume")
                     return Result(step=self.step, interrupted=True, final=None)
+            if self.step < self.steps:
+                self._log(f"run.max_minutes ({self.config.run.max_minutes}) reached after step {self.step}")
             self.save()
             if self.evaluates and not (run.eval_every and self.step % run.eval_every == 0):
                 self.evaluate()
@@ -208,6 +228,7 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
             progress.close()
             self.metrics.close()
+            self.loader.close()
 
     def _log_step(self, progress: tqdm, **values: float):
         lr = self.scheduler.get_last_lr()[0]
@@ -220,7 +241,7 @@ class Trainer:
     def train_step(self) -> tuple[float | None, float | None]:
         """One optimiser step -> (global mean loss, gradient norm), or (None, None) when the loss was not finite."""
         run, world = self.config.run, self.world
-        loss = self.backward([next(self.mixture) for _ in range(run.batch_size)])
+        loss = self.backward(self.loader.next_step())
         self.samples += run.batch_size
         if run.distributed == "fsdp":
             average_gradients(self.parameters, world)
@@ -244,16 +265,13 @@ class Trainer:
         self.scheduler.step()
         return loss, grad_norm
 
-    def backward(self, examples: list) -> float:
-        """Gradients of the global batch `examples` from this process's slice; returns the batch's mean loss.
+    def backward(self, batches: list[Batch]) -> float:
+        """Gradients of a global batch from this process's micro-batches; returns the global batch's mean loss.
 
         Each micro-batch's mean loss is scaled by its share of the global batch's target weight (and by the number
         of processes, which DDP divides by), so the gradient is that of the global mean, however it is split.
         """
-        run, world = self.config.run, self.world
-        per_process = self.micro_batch * run.grad_accum
-        mine = examples[world.rank * per_process : (world.rank + 1) * per_process]
-        batches = [self.collate(mine[i : i + self.micro_batch]) for i in range(0, per_process, self.micro_batch)]
+        world = self.world
         total_weight = max(world.sum(sum(b.target_weight for b in batches)), 1e-8)  # the whole global batch's
         loss_sum = 0.0
         ddp = isinstance(self.forward_loss, DistributedDataParallel)
@@ -288,11 +306,9 @@ class Trainer:
         self.validation.load_state_dict(self.validation_start)  # the same examples every time
         self.model.eval()
         loss_sum = weight = 0.0
-        per_process = self.micro_batch * run.grad_accum
         for _ in range(run.eval_batches):
-            examples = [next(self.validation) for _ in range(run.batch_size)]
-            mine = examples[world.rank * per_process : (world.rank + 1) * per_process]
-            for i in range(0, per_process, self.micro_batch):
+            mine = self._my_share([next(self.validation) for _ in range(run.batch_size)])
+            for i in range(0, len(mine), self.micro_batch):
                 batch = self.collate_validation(mine[i : i + self.micro_batch])
                 with self._autocast():
                     loss_sum += self.step_module(batch).item() * batch.target_weight
@@ -309,17 +325,33 @@ class Trainer:
             "skipped": {f"{source}/{reason}": n for (source, reason), n in self.collate.skipped.items()},
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "mixture": self.mixture.state_dict(),
+            "mixture": self.loader.state_dict(),
+            "train_seconds": self.seconds_before + time.perf_counter() - self.started,
         }
         save_checkpoint(self.output, step=self.step, model=self.model, optimizer=self.optimizer, state=state,
                         world=self.world, keep=self.config.run.keep_checkpoints)
         self.last_checkpoint = self.step
 
     # --- helpers ----------------------------------------------------------------------------
-    def _collator(self, sources) -> Collator:
+    def _collator(self, sources, *, pixels: bool) -> Collator:
         data = self.config.data
         on_error = {s.name: s.on_error for s in sources}
-        return Collator(self.model, max_length=data.max_length, max_pixels=data.max_pixels, on_error=on_error)
+        return Collator(self.model, max_length=data.max_length, max_pixels=data.max_pixels, on_error=on_error,
+                        pixels=pixels)
+
+    def _my_share(self, examples: list) -> list:
+        """This process's slice of a global batch."""
+        per_process = self.micro_batch * self.config.run.grad_accum
+        return examples[self.world.rank * per_process : (self.world.rank + 1) * per_process]
+
+    def time_used(self) -> float:
+        """The share of run.max_minutes spent training (this process and the run's earlier ones); 0 without."""
+        if self.config.run.max_minutes is None:
+            return 0.0
+        return (self.seconds_before + time.perf_counter() - self.started) / (60 * self.config.run.max_minutes)
+
+    def _out_of_time(self) -> bool:
+        return self.world.sum(float(self.time_used() >= 1.0)) > 0  # every process stops after the same step
 
     def _resume(self):
         found = load_checkpoint(self.output, model=self.model, optimizer=self.optimizer, world=self.world)
@@ -330,7 +362,8 @@ class Trainer:
         self.step, self.bad_steps, self.samples = found.step, state["bad_steps"], state["samples"]
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.mixture.load_state_dict(state["mixture"])
+        self.loader.load_state_dict(state["mixture"])
+        self.seconds_before = state.get("train_seconds", 0.0)
         self.collate.skipped.update({tuple(key.rsplit("/", 1)): n for key, n in state["skipped"].items()})
         self._log(f"resumed from {found.path} at step {self.step}")
 

@@ -1,0 +1,99 @@
+"""The batches of each training step: drawn from the mixture here, loaded here or in worker processes.
+
+Drawing an example (which source, which index) is cheap and stays in the training process, so the order of
+examples and the resume state are the same with or without workers. Loading it (drawing a generated page,
+decoding and resizing images, tokenising) is the costly part: with `workers`, forked processes load the next
+`prefetch` steps, a few examples per task, while the current step trains.
+"""
+
+import multiprocessing
+from collections import deque
+from collections.abc import Callable
+
+import torch
+
+from vlm.data.mixture import Draw, Mixture
+from vlm.train.batching import Batch, Collator
+
+EXAMPLES_PER_TASK = 4  # small enough to spread one step over many workers
+
+# Set in the training process before the workers fork, so they inherit the sources and the tokenizer
+# instead of receiving them pickled.
+_WORKER_STATE: tuple[Mixture, Collator] | None = None
+
+
+def _start_worker():
+    # The parent's OpenMP threads do not survive fork: a parallel torch op here would wait for them forever.
+    torch.set_num_threads(1)
+
+
+def _load(draws: list[Draw]) -> tuple[list, dict]:
+    mixture, collate = _WORKER_STATE
+    collate.skipped.clear()
+    rows = [collate.load(mixture.materialize(draw)) for draw in draws]
+    return rows, dict(collate.skipped)
+
+
+class StepLoader:
+    """`next_step()` -> this process's micro-batches of the next optimiser step.
+
+    `slice_of(draws)` picks this process's share of a global batch's draws; `micro_batch` splits it.
+    `state_dict()` is the mixture's state before the first step not yet returned.
+    """
+
+    def __init__(self, mixture: Mixture, collate: Collator, *, batch_size: int, micro_batch: int,
+                 slice_of: Callable[[list], list], workers: int = 0, prefetch: int = 3):
+        self.mixture, self.collate = mixture, collate
+        self.batch_size, self.micro_batch, self.slice_of = batch_size, micro_batch, slice_of
+        self.prefetch = prefetch
+        self.pending = deque()  # (mixture state before the step, [[task result] per micro-batch])
+        self.pool = None
+        if workers:
+            global _WORKER_STATE
+            _WORKER_STATE = (mixture, collate)
+            # fork: the workers share the parent's memory (sources, tokenizer); start them before CUDA is used
+            self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_start_worker)
+
+    def next_step(self) -> list[Batch]:
+        if not self.pending:
+            self._plan()
+        _, micro_batches = self.pending.popleft()
+        if self.pool:
+            self._plan()  # the workers start on the next steps while this one trains
+        return [self.collate.collate(self._rows(tasks)) for tasks in micro_batches]
+
+    def _rows(self, tasks) -> list:
+        if not self.pool:
+            return [self.collate.load(self.mixture.materialize(draw)) for draw in tasks]
+        rows = []
+        for task in tasks:
+            task_rows, skipped = task.get()
+            self.collate.skipped.update(skipped)
+            rows += task_rows
+        return rows
+
+    def _plan(self):
+        """Draw the next steps (up to `prefetch` ahead) and hand their loading to the workers."""
+        while len(self.pending) < (self.prefetch if self.pool else 1):
+            state = self.mixture.state_dict()
+            mine = self.slice_of([self.mixture.draw() for _ in range(self.batch_size)])
+            micro_batches = [mine[i : i + self.micro_batch] for i in range(0, len(mine), self.micro_batch)]
+            if self.pool:
+                micro_batches = [
+                    [self.pool.apply_async(_load, (draws[i : i + EXAMPLES_PER_TASK],))
+                     for i in range(0, len(draws), EXAMPLES_PER_TASK)]
+                    for draws in micro_batches
+                ]
+            self.pending.append((state, micro_batches))
+
+    def state_dict(self) -> dict:
+        return self.pending[0][0] if self.pending else self.mixture.state_dict()
+
+    def load_state_dict(self, state: dict):
+        self.pending.clear()
+        self.mixture.load_state_dict(state)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool = None

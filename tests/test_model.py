@@ -205,3 +205,23 @@ def test_a_bfloat16_vision_tower_gives_bfloat16_features_outside_autocast(tiny_l
     assert tokens.dtype == torch.bfloat16 and tokens.shape[:2] == (2, model.vision.grid_size[0] * model.vision.grid_size[1])
     text = ids(model, "<image> a cat")
     assert torch.isfinite(model(text, pixel_values=images_for(model, 1), labels=text)["loss"])
+
+
+@pytest.mark.parametrize("vision", ["timm", "open_clip"])
+def test_the_colour_grid_appends_each_cells_sub_cell_colours(tiny_lm_dir, vision):
+    torch.manual_seed(0)
+    plain = build_model(tiny_config(tiny_lm_dir, vision))
+    torch.manual_seed(0)
+    model = build_model(tiny_config(tiny_lm_dir, vision, colour_grid=2))
+    assert model.vision.width == plain.vision.width + 12
+    rows, cols = model.vision.grid_size
+    height, width = model.vision.image_size
+    pixels = torch.zeros(1, 3, height, width)
+    pixels[0, 1, height // rows // 2 :, : width // cols // 2] = 1.0  # green below half a cell, left of half a cell
+    tokens = model.vision(pixels)  # (1, rows x cols, width + 12)
+    first_cell = tokens[0, 0, -12:].view(2, 2, 3)  # (sub-row, sub-column, channel)
+    assert torch.equal(first_cell[1, 0], torch.tensor([0.0, 1.0, 0.0]))  # its lower-left sub-cell is green
+    assert torch.equal(first_cell[0], torch.zeros(2, 3)) and torch.equal(first_cell[1, 1], torch.zeros(3))
+    assert torch.equal(tokens[..., : plain.vision.width], plain.vision(pixels))  # the features are unchanged
+    text = ids(model, "<image> a cat")
+    assert torch.isfinite(model(text, pixel_values=images_for(model, 1), labels=text)["loss"])

@@ -21,6 +21,7 @@ from tiny_backbones import save_tiny_lm
 from transformers import AutoModelForCausalLM
 
 import vlm
+from vlm.config import ConfigError
 from vlm.data import DataError
 from vlm.model import VisionLanguageModel
 from vlm.train import checkpoint as checkpoint_module
@@ -349,3 +350,20 @@ def test_time_used_ends_the_cosine_whatever_the_step():
     assert lr_factor(10, name="cosine", warmup=0, total=1000, min_ratio=0.1, time_used=1.0) == pytest.approx(0.1)
     assert lr_factor(10, name="cosine", warmup=0, total=1000, min_ratio=0.1, time_used=0.5) == pytest.approx(0.55)
     assert lr_factor(10, name="constant", warmup=0, total=1000, min_ratio=0.1, time_used=1.0) == 1.0
+
+
+def test_init_from_starts_the_run_from_saved_adapters_that_fit(tmp_path, readable_lm, shapes):
+    first = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2))
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "second", init_from=str(first.final))
+    trainer = Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)), world=init_world("cpu"))
+    state = trainer.model.adapter_state_dict()
+    for key, value in adapter(first.final).items():
+        assert torch.equal(state[key], value), key
+
+    other = tiny_recipe(readable_lm, shapes, tmp_path / "third", init_from=str(first.final))
+    other["model"]["num_latents"] = 8
+    with pytest.raises(ValueError, match="does not fit this model"):
+        Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", other)), world=init_world("cpu"))
+    missing = tiny_recipe(readable_lm, shapes, tmp_path / "fourth", init_from=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="run.init_from: .*nowhere holds no adapter.safetensors"):
+        load_train_config(write_recipe(tmp_path / "c.yaml", missing))

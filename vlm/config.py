@@ -27,6 +27,7 @@ class ModelConfig:
     vision_weights: str | None = DEFAULT_VISION_WEIGHTS  # pretrained tag, local path, "registry:NAME", or None (random)
     image_size: tuple[int, int] | None = None  # (height, width); None: the encoder's native size
     vision_dtype: str = "float32"  # the frozen encoder's weights; bfloat16 halves its time on CPUs with bf16 units
+    colour_grid: int = 0  # k > 0: each image token also carries the mean colours of its cell's k x k sub-cells
     lm: str = DEFAULT_LM  # "registry:NAME", local HF folder or .gguf file, or a Hugging Face id
     lm_dtype: str = "float32"
     decoder_layers_attr: str | None = None  # dotted path to the LM's decoder layers; None: found automatically
@@ -56,6 +57,8 @@ class ModelConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.colour_grid < 0:
+            raise ConfigError(f"model.colour_grid must be >= 0, got {self.colour_grid}")
         if self.cross_attn_first_layer < 0:
             raise ConfigError(f"model.cross_attn_first_layer must be >= 0, got {self.cross_attn_first_layer}")
         for name in ("lm_dtype", "vision_dtype"):

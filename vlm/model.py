@@ -322,6 +322,7 @@ def build_model(config: ModelConfig) -> VisionLanguageModel:
         image_size=config.image_size or loaded.image_size,
         mean=loaded.mean,
         std=loaded.std,
+        colour_grid=config.colour_grid,
     )
     return VisionLanguageModel(config, vision=vision, lm=lm, tokenizer=tokenizer)
 

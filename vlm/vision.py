@@ -5,6 +5,7 @@ import torch
 from einops import rearrange
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 
 
 class VisionEncoder(nn.Module):
@@ -12,15 +13,20 @@ class VisionEncoder(nn.Module):
 
     open_clip: the ViT's patch tokens (not only the pooled vector). timm: the last feature map,
     one token per cell. `grid_size` is the token grid (rows, cols) for `image_size`.
+
+    `colour_grid` k > 0 appends to each token the mean input colours of its cell's k x k sub-cells
+    (3 k^2 values): a classifier's last feature map keeps little colour (the default model could place
+    pix2code's buttons but not tell green from red).
     """
 
-    def __init__(self, *, model: nn.Module, family: str, image_size: tuple[int, int], mean, std):
+    def __init__(self, *, model: nn.Module, family: str, image_size: tuple[int, int], mean, std, colour_grid: int = 0):
         super().__init__()
         if family not in ("open_clip", "timm"):
             raise ValueError(f"unknown vision family {family!r}: expected 'open_clip' or 'timm'")
         self.model = model
         self.family = family
         self.image_size = tuple(image_size)
+        self.colour_grid = colour_grid
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         if family == "open_clip":
@@ -29,7 +35,7 @@ class VisionEncoder(nn.Module):
         model.eval()
         with torch.no_grad():
             grid = self._feature_map(torch.zeros(1, 3, *self.image_size, dtype=next(model.parameters()).dtype))
-        self.width = grid.shape[1]
+        self.width = grid.shape[1] + 3 * colour_grid**2
         self.grid_size = tuple(grid.shape[2:])
 
     def train(self, mode: bool = True):
@@ -49,7 +55,13 @@ class VisionEncoder(nn.Module):
         # path (3.7x slower for ViT-B-32 on CPU, README.md, "Performance").
         dtype = next(self.model.parameters()).dtype
         with torch.autocast(device_type=pixels.device.type, enabled=False):
-            return rearrange(self._feature_map(pixels.to(dtype)), "b d r c -> b (r c) d")
+            features = self._feature_map(pixels.to(dtype))  # (b, d, rows, cols)
+            if self.colour_grid:
+                rows, cols, k = *features.shape[2:], self.colour_grid
+                colours = F.adaptive_avg_pool2d(pixels.to(dtype), (rows * k, cols * k))
+                colours = rearrange(colours, "b ch (r i) (c j) -> b (i j ch) r c", i=k, j=k)
+                features = torch.cat([features, colours], dim=1)
+            return rearrange(features, "b d r c -> b (r c) d")
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """An RGB PIL image -> a normalised (3, h, w) float tensor at the encoder's input size."""

@@ -145,7 +145,8 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.vision, self.dtype = model.vision, dtype
         config = model.config
-        self.signature = f"{config.vision}|{config.vision_weights}|{self.vision.image_size}|{dtype}".encode()
+        colours = f"|colour_grid={self.vision.colour_grid}" if self.vision.colour_grid else ""  # older keys stay valid
+        self.signature = f"{config.vision}|{config.vision_weights}|{self.vision.image_size}|{dtype}{colours}".encode()
         self.hits = self.misses = 0
 
     def key(self, image: Image.Image) -> str:

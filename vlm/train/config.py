@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from vlm.config import ConfigError, ModelConfig, from_dict, load_yaml, parse_yaml
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -100,6 +99,7 @@ class RunConfig:
     epochs: float | None = None  # passes over the map-style training sources' examples, summed
     batch_size: int = 8  # examples per optimiser step, over all processes and accumulation steps together
     grad_accum: int = 1  # micro-batches per step on each process
+    init_from: str | None = None  # a saved model folder whose adapter weights start the run (fine-tuning)
     max_minutes: float | None = None  # also stop after this much training time (the cosine then ends early)
     data_workers: int = 0  # processes that load examples (draw pages, decode images) beside the step; 0: none
     seed: int = 0
@@ -121,6 +121,8 @@ class RunConfig:
                 raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ConfigError(f"run.eval_every must be >= 1 or null, got {self.eval_every}")
+        if self.init_from is not None and not (Path(self.init_from) / "adapter.safetensors").is_file():
+            raise ConfigError(f"run.init_from: {self.init_from} holds no adapter.safetensors (a folder written by vlm train)")
         if self.max_minutes is not None and not self.max_minutes > 0 or self.data_workers < 0:
             raise ConfigError(f"run.max_minutes must be > 0 or null and run.data_workers >= 0, got {self.max_minutes} and {self.data_workers}")
         if self.max_bad_steps < 0:
@@ -152,7 +154,9 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
 
     Relative paths resolve against the working directory, as everywhere on the command line.
     """
-    from vlm.train.sources import check_source  # sources import this module for SourceConfig
+    from vlm.train.sources import (
+        check_source,  # sources import this module for SourceConfig
+    )
 
     data = load_yaml(path)
     for override in overrides:

@@ -7,6 +7,7 @@ that of the mean loss over every target token of the global batch. Steps with a 
 """
 
 import functools
+import json
 import math
 import random
 import signal
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from vlm.config import ConfigError
 from vlm.data import MapSource
 from vlm.language_model import find_decoder_layers
-from vlm.model import VisionLanguageModel, build_model
+from vlm.model import CONFIG_FILE, WEIGHTS_FILE, VisionLanguageModel, build_model
 from vlm.train.batching import Batch, Collator, FeatureCache, TrainStep
 from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vlm.train.config import TrainConfig, config_dict
@@ -132,6 +133,9 @@ class Trainer:
             )
         seed_everything(run.seed)
         model = self.model = build_model(config.model)
+        if run.init_from and not resume:
+            saved = Path(run.init_from)
+            model.load_adapters(saved / WEIGHTS_FILE, expected=json.loads((saved / CONFIG_FILE).read_text()).get("backbones"))
         cache = config.data.feature_cache
         self.mixture = build_mixture(config.data.sources, tokenizer=model.tokenizer, seed=run.seed)
         self.collate = self._collator(config.data.sources, pixels=cache is None)

@@ -71,6 +71,9 @@ class Ours:
     def after_backward(self):
         pass
 
+    def decoding_modules(self) -> list[torch.nn.Module]:
+        return [self.model.lm, self.model.cross_attn]
+
     def generate(self, input_ids, pixels) -> list[list[int]]:
         from vlm.generation import GenerationConfig, generate
 
@@ -125,6 +128,9 @@ class OpenFlamingo:
         mask = torch.zeros_like(embeddings.grad)
         mask[[self.image_token_id, self.end_of_chunk_id]] = 1
         embeddings.grad = embeddings.grad * mask
+
+    def decoding_modules(self) -> list[torch.nn.Module]:
+        return [self.model.lang_encoder]  # the LM with its gated cross-attention layers inside
 
     def generate(self, input_ids, pixels) -> list[list[int]]:
         out = self.model.generate(
@@ -221,6 +227,13 @@ class Figure:
         return counter.get_total_flops()
 
 
+def weight_bytes(modules: list[torch.nn.Module]) -> int:
+    """Bytes of the distinct weights of `modules`: what one decoding step reads at least once (a tied
+    embedding and LM head count once)."""
+    tensors = {p.data_ptr(): p for module in modules for p in module.parameters()}
+    return sum(p.numel() * p.element_size() for p in tensors.values())
+
+
 def synchronize(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -256,6 +269,7 @@ def main():
             figure.run()
     else:
         ready["tokens"] = figure.run()
+        ready["decoding_bytes"] = weight_bytes(impl.decoding_modules())
     print(json.dumps(ready), file=reply, flush=True)
     for line in sys.stdin:
         command = line.strip()

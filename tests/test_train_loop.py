@@ -367,3 +367,19 @@ def test_init_from_starts_the_run_from_saved_adapters_that_fit(tmp_path, readabl
     missing = tiny_recipe(readable_lm, shapes, tmp_path / "fourth", init_from=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="run.init_from: .*nowhere holds no adapter.safetensors"):
         load_train_config(write_recipe(tmp_path / "c.yaml", missing))
+
+
+def test_ctrl_c_to_the_process_group_with_loading_workers_writes_a_checkpoint(tmp_path, readable_lm, shapes):
+    # a terminal's Ctrl-C reaches every process of the group: the workers must outlive it for the step to end
+    run = tmp_path / "run"
+    config = write_recipe(tmp_path / "c.yaml", tiny_recipe(readable_lm, shapes, run, steps=10_000, data_workers=2))
+    process = subprocess.Popen([sys.executable, "-m", "vlm.train", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env=one_thread_env(), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "step-00000002").is_dir():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=60) == 130, process.stderr.read().decode()[-2000:]
+    assert latest_checkpoint(run).name >= "step-00000002"  # the run stopped with a checkpoint, not hung

@@ -7,6 +7,7 @@ decoding and resizing images, tokenising) is the costly part: with `workers`, fo
 """
 
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Callable
 
@@ -25,6 +26,9 @@ _WORKER_STATE: tuple[Mixture, Collator] | None = None
 def _start_worker():
     # The parent's OpenMP threads do not survive fork: a parallel torch op here would wait for them forever.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the trainer finishes its step (which needs these workers'
+    # results) and writes a checkpoint, so the workers must not die of it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _load(draws: list[Draw]) -> tuple[list, dict]:

@@ -55,6 +55,9 @@ def recipe(tmp_path) -> dict:
         (lambda r: r.update(schedule={"name": "linear"}), "schedule.name must be one of ['constant', 'cosine']"),
         (lambda r: r["run"].update(distributed="zero3"), "run.distributed must be one of ['ddp', 'fsdp']"),
         (lambda r: r["data"].update(sources=[]), "data.sources is empty"),
+        (lambda r: r["run"].update(max_minutes=0), "run.max_minutes must be > 0 or null, got 0"),
+        (lambda r: r["run"].update(data_workers=-1), "run.data_workers must be >= 0, got -1"),
+        (lambda r: r["model"].update(colour_grid=-2), "model.colour_grid must be >= 0, got -2"),
     ],
 )
 def test_a_bad_recipe_is_an_error_naming_the_key(tmp_path, recipe, edit, message):

@@ -362,7 +362,7 @@ def test_init_from_starts_the_run_from_saved_adapters_that_fit(tmp_path, readabl
 
     other = tiny_recipe(readable_lm, shapes, tmp_path / "third", init_from=str(first.final))
     other["model"]["num_latents"] = 8
-    with pytest.raises(ValueError, match="does not fit this model"):
+    with pytest.raises(ConfigError, match="run.init_from: .*does not fit this model"):
         Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", other)), world=init_world("cpu"))
     missing = tiny_recipe(readable_lm, shapes, tmp_path / "fourth", init_from=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="run.init_from: .*nowhere holds no adapter.safetensors"):

@@ -123,8 +123,10 @@ class RunConfig:
             raise ConfigError(f"run.eval_every must be >= 1 or null, got {self.eval_every}")
         if self.init_from is not None and not (Path(self.init_from) / "adapter.safetensors").is_file():
             raise ConfigError(f"run.init_from: {self.init_from} holds no adapter.safetensors (a folder written by vlm train)")
-        if self.max_minutes is not None and not self.max_minutes > 0 or self.data_workers < 0:
-            raise ConfigError(f"run.max_minutes must be > 0 or null and run.data_workers >= 0, got {self.max_minutes} and {self.data_workers}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"run.max_minutes must be > 0 or null, got {self.max_minutes}")
+        if self.data_workers < 0:
+            raise ConfigError(f"run.data_workers must be >= 0, got {self.data_workers}")
         if self.max_bad_steps < 0:
             raise ConfigError(f"run.max_bad_steps must be >= 0, got {self.max_bad_steps}")
         if self.device not in DEVICES:
@@ -154,9 +156,8 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
 
     Relative paths resolve against the working directory, as everywhere on the command line.
     """
-    from vlm.train.sources import (
-        check_source,  # sources import this module for SourceConfig
-    )
+    # here: sources import this module for SourceConfig
+    from vlm.train.sources import check_source
 
     data = load_yaml(path)
     for override in overrides:

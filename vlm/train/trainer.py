@@ -135,7 +135,10 @@ class Trainer:
         model = self.model = build_model(config.model)
         if run.init_from and not resume:
             saved = Path(run.init_from)
-            model.load_adapters(saved / WEIGHTS_FILE, expected=json.loads((saved / CONFIG_FILE).read_text()).get("backbones"))
+            try:
+                model.load_adapters(saved / WEIGHTS_FILE, expected=json.loads((saved / CONFIG_FILE).read_text()).get("backbones"))
+            except (ValueError, OSError) as error:  # another model's adapters, or an unreadable folder
+                raise ConfigError(f"run.init_from: {error}") from None
         cache = config.data.feature_cache
         self.mixture = build_mixture(config.data.sources, tokenizer=model.tokenizer, seed=run.seed)
         self.collate = self._collator(config.data.sources, pixels=cache is None)
@@ -198,8 +201,8 @@ class Trainer:
         run = self.config.run
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         progress = tqdm(total=self.steps, initial=self.step, disable=not self.world.is_main, dynamic_ncols=True)
-        started, started_step = time.perf_counter(), self.step
-        self.started = started
+        started = self.started = time.perf_counter()
+        started_step = self.step
         try:
             while self.step < self.steps and not self._out_of_time():
                 loss, grad_norm = self.train_step()
@@ -330,7 +333,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "mixture": self.loader.state_dict(),
-            "train_seconds": self.seconds_before + time.perf_counter() - self.started,
+            "train_seconds": self.train_seconds(),
         }
         save_checkpoint(self.output, step=self.step, model=self.model, optimizer=self.optimizer, state=state,
                         world=self.world, keep=self.config.run.keep_checkpoints)
@@ -348,13 +351,19 @@ class Trainer:
         per_process = self.micro_batch * self.config.run.grad_accum
         return examples[self.world.rank * per_process : (self.world.rank + 1) * per_process]
 
+    def train_seconds(self) -> float:
+        """Training time of the whole run: this process's and, after a resume, the earlier ones'."""
+        return self.seconds_before + time.perf_counter() - self.started
+
     def time_used(self) -> float:
-        """The share of run.max_minutes spent training (this process and the run's earlier ones); 0 without."""
+        """The share of run.max_minutes spent training; 0 without a time budget."""
         if self.config.run.max_minutes is None:
             return 0.0
-        return (self.seconds_before + time.perf_counter() - self.started) / (60 * self.config.run.max_minutes)
+        return self.train_seconds() / (60 * self.config.run.max_minutes)
 
     def _out_of_time(self) -> bool:
+        if self.config.run.max_minutes is None:  # no collective per step for runs without a budget
+            return False
         return self.world.sum(float(self.time_used() >= 1.0)) > 0  # every process stops after the same step
 
     def _resume(self):

@@ -18,6 +18,7 @@ def test_a_typo_names_the_key_and_the_nearest_valid_one():
         ({"num_latents": "many"}, "model.num_latents must be an integer"),
         ({"num_latents": 0}, "model.num_latents must be >= 1"),
         ({"spatial_positions": "yes"}, "model.spatial_positions must be true or false"),
+        ({"grid_latents": True, "spatial_positions": False}, "model.grid_latents needs model.spatial_positions: true"),
         ({"image_size": [288]}, r"model.image_size must be \[height, width\]"),
         ({"lm_dtype": "float64"}, "model.lm_dtype must be float32, bfloat16 or float16"),
         ({"vision": "resnet50"}, "model.vision must start with 'open_clip:' or 'timm:'"),

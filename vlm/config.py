@@ -40,6 +40,7 @@ class ModelConfig:
     resampler_ff_mult: int = 4
     max_frames: int = 8
     spatial_positions: bool = True  # learned 2-D positions on the image tokens
+    grid_latents: bool = False  # latent i starts from grid cell i's token: needs num_latents == grid cells
     # gated cross-attention
     cross_attn_every_n_layers: int = 1
     cross_attn_first_layer: int = 0  # no blocks below this decoder layer (no backward pass below it either)
@@ -59,6 +60,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.colour_grid < 0:
             raise ConfigError(f"model.colour_grid must be >= 0, got {self.colour_grid}")
+        if self.grid_latents and not self.spatial_positions:
+            raise ConfigError("model.grid_latents needs model.spatial_positions: true (the latents are the grid's cells)")
         if self.cross_attn_first_layer < 0:
             raise ConfigError(f"model.cross_attn_first_layer must be >= 0, got {self.cross_attn_first_layer}")
         for name in ("lm_dtype", "vision_dtype"):

@@ -5,7 +5,7 @@ with keys and values taken from the image tokens concatenated with the latents t
 """
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange, reduce, repeat
 from torch import nn
 from torch.nn import functional as F
 
@@ -44,6 +44,11 @@ class PerceiverResampler(nn.Module):
     `grid_size` (rows, cols) of the encoder's token grid adds learned 2-D positions to the tokens,
     so the latents can tell where on the page a feature was (a CNN's last feature map carries
     little position information of its own).
+
+    `grid_latents` (needs `grid_size` and one latent per grid cell) starts latent i from cell i's token
+    (the mean over frames) instead of from the learned latent alone. Learned latents read content wherever it
+    is: run 2 of the default model's latents settled on a few cells per head, and the decoder could place
+    pix2code's buttons but not say which one was green. A latent that is its cell keeps what is where.
     """
 
     def __init__(
@@ -58,8 +63,13 @@ class PerceiverResampler(nn.Module):
         max_frames: int = 8,
         ff_mult: int = 4,
         grid_size: tuple[int, int] | None = None,
+        grid_latents: bool = False,
     ):
         super().__init__()
+        if grid_latents and (grid_size is None or num_latents != grid_size[0] * grid_size[1]):
+            grid = "no grid" if grid_size is None else f"a {grid_size[0]}x{grid_size[1]} grid of {grid_size[0] * grid_size[1]} cells"
+            raise ValueError(f"grid_latents needs one latent per cell of the image's token grid: {num_latents} latents, {grid}")
+        self.grid_latents = grid_latents
         self.project = nn.Linear(media_dim, dim)
         self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
         self.frame_embeddings = nn.Parameter(torch.zeros(max_frames, dim))
@@ -88,8 +98,10 @@ class PerceiverResampler(nn.Module):
             position = rearrange(self.row_embeddings[:, None] + self.col_embeddings[None, :], "r c d -> (r c) d")
             x = x + position
         x = x + self.frame_embeddings[:f, None]
-        x = rearrange(x, "b m f n d -> (b m) (f n) d")
         latents = repeat(self.latents, "l d -> bm l d", bm=b * m)
+        if self.grid_latents:
+            latents = latents + reduce(x, "b m f n d -> (b m) n d", "mean")
+        x = rearrange(x, "b m f n d -> (b m) (f n) d")
         for attention, ff in self.layers:
             latents = attention(x, latents) + latents
             latents = ff(latents) + latents

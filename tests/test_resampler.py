@@ -1,0 +1,79 @@
+"""The Perceiver Resampler's grid latents: latent i starts from image token i."""
+
+import pytest
+import torch
+
+from tests.test_model import open_gates, tiny_config
+from vlm.model import build_model
+from vlm.resampler import PerceiverResampler
+
+
+def grid_resampler(**overrides) -> PerceiverResampler:
+    torch.manual_seed(0)
+    sizes = dict(dim=16, media_dim=8, depth=2, heads=2, dim_head=8, num_latents=6, grid_size=(2, 3), grid_latents=True)
+    return PerceiverResampler(**{**sizes, **overrides})
+
+
+def silence_layers(resampler: PerceiverResampler):
+    """Zero each layer's output projection: the layers then add nothing to the latents."""
+    with torch.no_grad():
+        for attention, ff in resampler.layers:
+            attention.to_out.weight.zero_()
+            ff[-1].weight.zero_()
+
+
+def positioned_tokens(resampler: PerceiverResampler, media: torch.Tensor) -> torch.Tensor:
+    rows, cols = resampler.grid_size
+    position = (resampler.row_embeddings[:, None] + resampler.col_embeddings[None, :]).reshape(rows * cols, -1)
+    return resampler.project(media) + position
+
+
+def test_each_grid_latent_starts_from_its_own_cell():
+    resampler = grid_resampler()
+    silence_layers(resampler)
+    media = torch.randn(2, 1, 6, 8)  # (b, m, cells, media_dim)
+    with torch.no_grad():
+        out = resampler(media)  # (b, m, latents, dim)
+        expected = resampler.norm(resampler.latents + positioned_tokens(resampler, media))
+    torch.testing.assert_close(out, expected)
+
+
+def test_a_change_in_one_cell_reaches_its_latent_most():
+    resampler = grid_resampler()
+    media = torch.randn(1, 1, 6, 8)
+    changed = media.clone()
+    changed[0, 0, 4] += 5.0
+    with torch.no_grad():
+        moved = (resampler(changed) - resampler(media)).norm(dim=-1)[0, 0]  # (latents,)
+    assert moved.argmax() == 4
+
+
+def test_frames_of_one_image_start_each_latent_from_the_mean_of_its_cell():
+    resampler = grid_resampler()
+    silence_layers(resampler)
+    frames = torch.randn(1, 1, 3, 6, 8)  # (b, m, f, cells, media_dim)
+    with torch.no_grad():
+        out = resampler(frames)
+        tokens = positioned_tokens(resampler, frames) + resampler.frame_embeddings[:3, None]
+        expected = resampler.norm(resampler.latents + tokens.mean(dim=2))
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(num_latents=4), "4 latents, a 2x3 grid of 6 cells"),
+    (dict(grid_size=None), "6 latents, no grid"),
+])
+def test_grid_latents_need_one_latent_per_cell(overrides, message):
+    with pytest.raises(ValueError, match=f"grid_latents needs one latent per cell of the image's token grid: {message}"):
+        grid_resampler(**overrides)
+
+
+def test_a_model_with_grid_latents_trains(tiny_lm_dir):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(tiny_lm_dir, "timm", num_latents=6, grid_latents=True))  # resnet10t at 64x96: 2x3
+    assert model.vision.grid_size == (2, 3)
+    open_gates(model)  # closed gates pass no gradient to the resampler
+    text = model.tokenizer("<image> a cat", return_tensors="pt", add_special_tokens=False).input_ids
+    loss = model(text, pixel_values=torch.randn(1, 1, 3, 64, 96), labels=text)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.resampler.project.weight.grad.abs().sum() > 0

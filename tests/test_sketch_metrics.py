@@ -72,7 +72,9 @@ def test_a_wrong_colour_keeps_the_structure():
     ref = parse_dsl("row { double { small-title , text , btn-green } double { small-title , text , btn-red } }")
     pred = parse_dsl("row { double { small-title , text , btn-green } double { small-title , text , btn-orange } }")
     scores = score_trees(pred, ref)
-    assert scores["structure_match"] == 1.0 and scores["dsl_exact"] == 0.0
+    assert scores["structure_match"] == scores["exact_but_colour"] == 1.0 and scores["dsl_exact"] == 0.0
+    header = score_trees(parse_dsl("header { btn-active , btn-inactive }"), parse_dsl("header { btn-inactive , btn-active }"))
+    assert header["exact_but_colour"] == 0.0  # which header button is active is not a colour
     assert scores["element_f1"] == pytest.approx(8 / 9)
     assert scores["tree_similarity"] == pytest.approx(1 - 1 / 9)
 

@@ -2,6 +2,7 @@
 
 Tree metrics, each in [0, 1] (definitions in README.md, "Sketch to HTML"):
 - dsl_exact: the canonical DSL strings are equal.
+- exact_but_colour: the same, with every button's colour (btn-green, btn-red, ...) read as one "button".
 - structure_match: the same layout: same containers nested the same way with the same number
   of elements in each, whatever the elements are.
 - element_precision / element_recall / element_f1: over the multisets of element tokens.
@@ -20,9 +21,9 @@ from __future__ import annotations
 from collections import Counter
 
 from .browser import Block, Chromium
-from .dsl import Node, dsl_tokens, is_container, to_dsl
+from .dsl import TOKENS, Node, dsl_tokens, is_container, to_dsl
 
-TREE_METRICS = ("dsl_exact", "structure_match", "element_precision", "element_recall", "element_f1",
+TREE_METRICS = ("dsl_exact", "exact_but_colour", "structure_match", "element_precision", "element_recall", "element_f1",
                 "tree_similarity", "token_accuracy")
 VISUAL_METRICS = ("block_match", "position", "colour", "visual")
 MATCH_LIMIT = 0.25  # blocks further apart than this (summed normalised offsets) are not a match
@@ -30,6 +31,11 @@ MATCH_LIMIT = 0.25  # blocks further apart than this (summed normalised offsets)
 
 def _skeleton(node: Node):
     return (node.token if is_container(node.token) else "*", tuple(_skeleton(c) for c in node.children))
+
+
+def _colourless(node: Node):
+    token = "button" if TOKENS.get(node.token, {}).get("name") == "button" else node.token
+    return token, tuple(_colourless(c) for c in node.children)
 
 
 def element_scores(pred: Node, ref: Node) -> tuple[float, float, float]:
@@ -106,6 +112,7 @@ def score_trees(pred: Node, ref: Node) -> dict[str, float]:
     precision, recall, f1 = element_scores(pred, ref)
     return {
         "dsl_exact": float(to_dsl(pred) == to_dsl(ref)),
+        "exact_but_colour": float(_colourless(pred) == _colourless(ref)),
         "structure_match": float(_skeleton(pred) == _skeleton(ref)),
         "element_precision": precision, "element_recall": recall, "element_f1": f1,
         "tree_similarity": tree_similarity(pred, ref),

@@ -121,7 +121,7 @@ def test_loss_falls_on_a_set_it_can_learn_by_heart(tmp_path, readable_lm, shapes
     assert len(losses) == 40 and losses[-1] < 0.2 * losses[0], losses
     validation = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(validation) == 2 and validation[-1] < 0.2 * losses[0]
-    assert all(r["samples_per_s"] > 0 and r["lr"] == 3e-3 for r in records if "loss" in r)
+    assert all(r["samples_per_s"] > 0 and r["lr"] == 3e-3 and 0 < r["data_wait"] < 1 for r in records if "loss" in r)
     assert Image.open(tmp_path / "run" / "loss.png").size == (800, 480)
     # the final model opens with the library's own loader, and equals the last checkpoint
     assert result.final == tmp_path / "run" / "final" and not result.interrupted

@@ -203,6 +203,7 @@ class Trainer:
         progress = tqdm(total=self.steps, initial=self.step, disable=not self.world.is_main, dynamic_ncols=True)
         started = self.started = time.perf_counter()
         started_step = self.step
+        self.waited = 0.0  # seconds this run spent waiting for batches
         try:
             while self.step < self.steps and not self._out_of_time():
                 loss, grad_norm = self.train_step()
@@ -210,8 +211,10 @@ class Trainer:
                     self.step += 1
                     progress.update(1)
                     if self.step % run.log_every == 0 or self.step == self.steps:
-                        rate = (self.step - started_step) * run.batch_size / (time.perf_counter() - started)
-                        self._log_step(progress, loss=loss, grad_norm=grad_norm, samples_per_s=rate)
+                        elapsed = time.perf_counter() - started
+                        rate = (self.step - started_step) * run.batch_size / elapsed
+                        self._log_step(progress, loss=loss, grad_norm=grad_norm, samples_per_s=rate,
+                                       data_wait=self.waited / elapsed)
                     if self.evaluates and run.eval_every and self.step % run.eval_every == 0:
                         self.evaluate()
                     if self.step % run.checkpoint_every == 0:
@@ -248,7 +251,10 @@ class Trainer:
     def train_step(self) -> tuple[float | None, float | None]:
         """One optimiser step -> (global mean loss, gradient norm), or (None, None) when the loss was not finite."""
         run, world = self.config.run, self.world
-        loss = self.backward(self.loader.next_step())
+        waiting = time.perf_counter()
+        batches = self.loader.next_step()
+        self.waited += time.perf_counter() - waiting
+        loss = self.backward(batches)
         self.samples += run.batch_size
         if run.distributed == "fsdp":
             average_gradients(self.parameters, world)

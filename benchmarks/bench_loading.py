@@ -1,0 +1,86 @@
+"""How fast a training recipe's examples load: per source on one core, and through the trainer's loader.
+
+    python benchmarks/bench_loading.py                                   # configs/default.yaml
+    python benchmarks/bench_loading.py --config configs/tiny.yaml --workers 0 1 2 --steps 10
+
+The trainer logs `data_wait`, the share of a run spent waiting for batches; when it is high, this says
+where the time goes. Per source: milliseconds to make one example (`source[i]`: for generated pages,
+drawing the page) and to load it (`Collator.load`: decode and resize the pictures, tokenise), on one
+thread. Then the trainer's `StepLoader` with each number of workers: examples a second over whole steps
+of `--batch-size`, after two steps of warm-up, the way `vlm train` draws them (same mixture, same seed).
+Paths in the recipe are read from the working directory: run it from the repository root.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from bench_generation import machine
+from vlm.model import build_model
+from vlm.train.batching import Collator
+from vlm.train.config import load_train_config
+from vlm.train.loader import StepLoader
+from vlm.train.sources import build_mixture, build_source
+
+
+def per_source(config, collate: Collator, tokenizer, examples: int) -> None:
+    print(f"\none example on one thread ({examples} per source)")
+    print(f"{'source':24} {'make ms':>8} {'load ms':>8} {'tokens':>7}")
+    for source in config.data.sources:
+        items = build_source(source, tokenizer=tokenizer)
+        make, load, tokens = [], [], []
+        for i in range(examples):
+            started = time.perf_counter()
+            example = items[(i * 7919) % len(items)]  # spread over the source
+            made = time.perf_counter()
+            row = collate.load(example)
+            load.append(time.perf_counter() - made)
+            make.append(made - started)
+            tokens.append(len(row[0]) if row else 0)
+        print(f"{source.name:24} {1000 * statistics.mean(make):8.1f} {1000 * statistics.mean(load):8.1f} "
+              f"{statistics.mean(tokens):7.0f}")
+
+
+def through_loader(config, collate: Collator, tokenizer, workers: int, steps: int, batch_size: int) -> float:
+    mixture = build_mixture(config.data.sources, tokenizer=tokenizer, seed=config.run.seed)
+    loader = StepLoader(mixture, collate, batch_size=batch_size, micro_batch=batch_size,
+                        slice_of=lambda draws: draws, workers=workers)
+    try:
+        for _ in range(2):
+            loader.next_step()
+        started = time.perf_counter()
+        for _ in range(steps):
+            loader.next_step()
+        return steps * batch_size / (time.perf_counter() - started)
+    finally:
+        loader.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--examples", type=int, default=40, help="examples per source for the per-source table")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # as in a loading worker
+    config = load_train_config(args.config)
+    model = build_model(config.model)  # its tokenizer and its encoder's input size
+    data = config.data
+    collate = Collator(model, max_length=data.max_length, max_pixels=data.max_pixels,
+                       on_error={s.name: s.on_error for s in data.sources})
+    print(f"{machine()}  load average {os.getloadavg()[0]:.2f}  recipe {args.config}")
+    per_source(config, collate, model.tokenizer, args.examples)
+    print(f"\nthe trainer's loader, steps of {args.batch_size} ({args.steps} steps after 2 of warm-up)")
+    print(f"{'workers':>7} {'examples/s':>10}")
+    for workers in args.workers:
+        rate = through_loader(config, collate, model.tokenizer, workers, args.steps, args.batch_size)
+        print(f"{workers:7d} {rate:10.1f}")
+
+
+if __name__ == "__main__":
+    main()

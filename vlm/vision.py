@@ -15,8 +15,8 @@ class VisionEncoder(nn.Module):
     one token per cell. `grid_size` is the token grid (rows, cols) for `image_size`.
 
     `colour_grid` k > 0 appends to each token the mean input colours of its cell's k x k sub-cells
-    (3 k^2 values): a classifier's last feature map keeps little colour (the default model could place
-    pix2code's buttons but not tell green from red).
+    (3 k^2 values), for encoders whose last feature map loses colour. EfficientNet-Lite0's keeps it: a
+    linear probe reads pix2code's button colours from every labelled cell (benchmarks/probe_image_path.py).
     """
 
     def __init__(self, *, model: nn.Module, family: str, image_size: tuple[int, int], mean, std, colour_grid: int = 0):

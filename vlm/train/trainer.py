@@ -177,6 +177,7 @@ class Trainer:
         )
         self.seconds_before = 0.0  # training time of the run before this process (resume)
         self.started = time.perf_counter()
+        self.waited = 0.0  # seconds spent waiting for batches since `started` (fit() restarts both)
         factor = functools.partial(
             lr_factor, name=schedule.name, warmup=schedule.warmup_steps, total=self.steps, min_ratio=schedule.min_lr_ratio
         )
@@ -203,7 +204,7 @@ class Trainer:
         progress = tqdm(total=self.steps, initial=self.step, disable=not self.world.is_main, dynamic_ncols=True)
         started = self.started = time.perf_counter()
         started_step = self.step
-        self.waited = 0.0  # seconds this run spent waiting for batches
+        self.waited = 0.0
         try:
             while self.step < self.steps and not self._out_of_time():
                 loss, grad_norm = self.train_step()

@@ -8,21 +8,25 @@ where the time goes. Per source: milliseconds to make one example (`source[i]`: 
 drawing the page) and to load it (`Collator.load`: decode and resize the pictures, tokenise), on one
 thread. Then the trainer's `StepLoader` with each number of workers: examples a second over whole steps
 of `--batch-size`, after two steps of warm-up, the way `vlm train` draws them (same mixture, same seed).
+Last, the crossing from worker to trainer alone, for pictures sent as torch tensors (shared memory and a
+file descriptor each) and as numpy arrays (inside the pickle, as the loader sends them).
 Paths in the recipe are read from the working directory: run it from the repository root.
 """
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from bench_generation import machine
 from vlm.model import build_model
 from vlm.train.batching import Collator
 from vlm.train.config import load_train_config
-from vlm.train.loader import StepLoader
+from vlm.train.loader import EXAMPLES_PER_TASK, StepLoader
 from vlm.train.sources import build_mixture, build_source
 
 
@@ -59,6 +63,26 @@ def through_loader(config, collate: Collator, tokenizer, workers: int, steps: in
         loader.close()
 
 
+def _pictures_as_tensors(_):
+    return [torch.zeros(3, 288, 512, dtype=torch.uint8) for _ in range(EXAMPLES_PER_TASK)]
+
+
+def _pictures_as_arrays(_):
+    return [np.zeros((3, 288, 512), dtype=np.uint8) for _ in range(EXAMPLES_PER_TASK)]
+
+
+def crossing(workers: int, tasks: int) -> None:
+    """Pictures a second that reach the trainer from workers that only make them: the cost of the crossing."""
+    print(f"\nthe crossing alone: {workers} workers return {tasks} tasks of {EXAMPLES_PER_TASK} 288x512 pictures")
+    print(f"{'as':>12} {'pictures/s':>10}")
+    for name, make in (("torch tensor", _pictures_as_tensors), ("numpy array", _pictures_as_arrays)):
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pool.map(make, range(workers))  # start them
+            started = time.perf_counter()
+            pictures = sum(len(result) for result in pool.imap(make, range(tasks)))
+            print(f"{name:>12} {pictures / (time.perf_counter() - started):10.0f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/default.yaml")
@@ -80,6 +104,7 @@ def main():
     for workers in args.workers:
         rate = through_loader(config, collate, model.tokenizer, workers, args.steps, args.batch_size)
         print(f"{workers:7d} {rate:10.1f}")
+    crossing(max(args.workers), tasks=200)
 
 
 if __name__ == "__main__":

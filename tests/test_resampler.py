@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.test_model import open_gates, tiny_config
+from vlm.config import ConfigError
 from vlm.model import build_model
 from vlm.resampler import PerceiverResampler
 
@@ -77,3 +78,8 @@ def test_a_model_with_grid_latents_trains(tiny_lm_dir):
     loss = model(text, pixel_values=torch.randn(1, 1, 3, 64, 96), labels=text)["loss"]
     loss.backward()
     assert torch.isfinite(loss) and model.resampler.project.weight.grad.abs().sum() > 0
+
+
+def test_a_model_whose_latents_do_not_fit_the_grid_names_the_count_it_needs(tiny_lm_dir):
+    with pytest.raises(ConfigError, match=r"model.grid_latents needs model.num_latents = 6, the cells of the encoder's 2x3 token grid at image_size \[64, 96\]; got 4"):
+        build_model(tiny_config(tiny_lm_dir, "timm", num_latents=4, grid_latents=True))

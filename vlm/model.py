@@ -55,6 +55,10 @@ class VisionLanguageModel(nn.Module):
 
         dim = hidden_size(lm)
         media_dim = config.resampler_dim or dim
+        rows, cols = vision.grid_size
+        if config.grid_latents and config.num_latents != rows * cols:  # the grid is known only once the encoder is
+            raise ConfigError(f"model.grid_latents needs model.num_latents = {rows * cols}, the cells of the encoder's "
+                              f"{rows}x{cols} token grid at image_size {list(vision.image_size)}; got {config.num_latents}")
         self.resampler = PerceiverResampler(
             dim=media_dim,
             media_dim=vision.width,

@@ -156,8 +156,7 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
 
     Relative paths resolve against the working directory, as everywhere on the command line.
     """
-    # here: sources import this module for SourceConfig
-    from vlm.train.sources import check_source
+    from vlm.train.sources import check_source  # imported here: sources imports this module (SourceConfig)
 
     data = load_yaml(path)
     for override in overrides:

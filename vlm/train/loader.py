@@ -119,5 +119,11 @@ class StepLoader:
 
     def close(self):
         if self.pool is not None:
+            # A worker blocked writing a large result holds the result queue's lock, and Pool.terminate needs
+            # that lock: with results of prefetched steps unread it waited forever. Read them first.
+            for _, micro_batches in self.pending:
+                for tasks in micro_batches:
+                    for task in tasks:
+                        task.wait()
             self.pool.terminate()
             self.pool = None

@@ -201,3 +201,46 @@ def test_bad_options_and_inputs_are_clear_errors(model):
         generate(model, torch.zeros(1, 300, dtype=torch.long))
     with pytest.raises(ValueError, match="stream takes one prompt"):
         next(stream(model, torch.zeros(2, 3, dtype=torch.long)))
+
+
+DSL_WORDS = ("header", "btn-inactive", "btn-active", "row", "quadruple", "small-title", "{", "}", ",")
+
+
+def test_with_allowed_words_the_output_is_those_words_each_after_a_space(model):
+    input_ids, attention_mask, pixel_values = batch(model)
+    configs = [GenerationConfig(max_new_tokens=40, min_new_tokens=40, allowed_words=DSL_WORDS, **options)
+               for options in ({}, {"do_sample": True, "seed": 0}, {"num_beams": 3})]
+    unconstrained = generate(model, input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                             config=GenerationConfig(max_new_tokens=24, min_new_tokens=24))
+    assert not all(set(decode_text(model.tokenizer, t).split()) <= set(DSL_WORDS) for t in unconstrained)
+    for config in configs:
+        rows = generate(model, input_ids, attention_mask=attention_mask, pixel_values=pixel_values, config=config)
+        for tokens in rows:
+            text = model.tokenizer.decode(tokens)
+            *words, last = text.split(" ")[1:]  # the text starts with a space
+            assert len(words) >= 3 and set(words) <= set(DSL_WORDS), text
+            assert any(word.startswith(last) for word in DSL_WORDS), text  # max_new_tokens may cut the last word
+
+
+def test_one_prompt_jumps_over_the_tokens_a_word_decides_to_the_tokens_of_a_batch(model, monkeypatch):
+    # alone, a prompt feeds the rest of a word with its first token in one forward pass; in a batch every
+    # token is a step of its own: the same tokens, in fewer passes
+    config = GenerationConfig(max_new_tokens=30, min_new_tokens=30, allowed_words=DSL_WORDS)
+    input_ids, attention_mask, pixel_values = batch(model)
+    together = generate(model, input_ids, attention_mask=attention_mask, pixel_values=pixel_values, config=config)
+    passes = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, *a, **k: passes.append(1) or forward(self, *a, **k))
+    for i in range(len(PROMPTS)):
+        passes.clear()
+        ids, images = prompt(model, i)
+        alone = generate(model, ids, pixel_values=images, config=config)[0]
+        assert alone == together[i]
+        assert len(passes) < len(alone)  # the prompt's pass and one per picked token, forced ones riding along
+
+
+def test_allowed_words_must_be_words():
+    with pytest.raises(ValueError, match="allowed_words must be a list of words, not one string"):
+        GenerationConfig(allowed_words="header")
+    with pytest.raises(ValueError, match="allowed_words must be words: non-empty strings without spaces"):
+        GenerationConfig(allowed_words=["header", "two words"])

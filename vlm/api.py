@@ -97,9 +97,15 @@ class VLM:
         return texts if batched else texts[0]
 
     def sketch_to_html(self, image: ImageSource | Sequence[ImageSource], **options) -> str | list[str]:
-        """A UI sketch -> an HTML page: the model writes the page DSL, which vlm.sketch compiles."""
+        """A UI sketch -> an HTML page: the model writes the page DSL, which vlm.sketch compiles.
+
+        Decoding keeps to the DSL's words (allowed_words), which also lets one sketch skip the forward passes of
+        a word's tokens its start decides; allowed_words=() lets the model write any text.
+        """
+        from vlm.sketch.dsl import WORDS  # lazy: the sketch tooling is only needed here
+
         images, batched = _as_batch(image)
-        options = {"max_new_tokens": HTML_MAX_NEW_TOKENS, **options}
+        options = {"max_new_tokens": HTML_MAX_NEW_TOKENS, "allowed_words": WORDS, **options}
         pages = [dsl_to_html(dsl) for dsl in self._complete([(prompts.sketch_to_html(), [i]) for i in images], options)]
         return pages if batched else pages[0]
 

@@ -5,6 +5,11 @@ keys/values of the latents are computed on first use and kept in one MediaState 
 The LM's self-attention runs with its key/value cache, so each step feeds one new token per row.
 Batches are left-padded (`left_pad`), with positions counted from each row's first real token, so a
 row decodes to the same tokens in a batch as alone.
+
+With `allowed_words` (a page DSL's words, say) the output is those words, each after a space: each step
+picks among the tokens that continue a word or start the next one. A token that is the only way on (the
+"tn-" of " btn-red" once " b" is written) needs no choice, so a single prompt feeds it in the same forward
+pass as the token before it ("jump-forward" decoding); a batch picks it like any other, to the same text.
 """
 
 from collections.abc import Iterator, Sequence
@@ -29,11 +34,15 @@ class GenerationConfig:
     repetition_penalty: float = 1.0  # > 1 makes tokens already in the prompt or output less likely (CTRL)
     stop_strings: tuple[str, ...] = ()  # generation ends once the text holds one; it is cut from the text
     seed: int | None = None  # sampling seed; None: torch's global generator
+    allowed_words: tuple[str, ...] = ()  # the output is these words, each after a space; (): any text
 
     def __post_init__(self):
         if isinstance(self.stop_strings, str):
             self.stop_strings = (self.stop_strings,)
         self.stop_strings = tuple(self.stop_strings)
+        if isinstance(self.allowed_words, str):
+            raise ValueError("generation option allowed_words must be a list of words, not one string")
+        self.allowed_words = tuple(self.allowed_words)
         rules = {
             "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
             "min_new_tokens": (0 <= self.min_new_tokens <= self.max_new_tokens, "in [0, max_new_tokens]"),
@@ -43,6 +52,8 @@ class GenerationConfig:
             "num_beams": (self.num_beams >= 1, ">= 1"),
             "repetition_penalty": (self.repetition_penalty > 0, "> 0"),
             "stop_strings": (all(isinstance(s, str) and s for s in self.stop_strings), "non-empty strings"),
+            "allowed_words": (all(isinstance(w, str) and w and not any(c.isspace() for c in w) for w in self.allowed_words),
+                              "words: non-empty strings without spaces"),
         }
         for name, (ok, rule) in rules.items():
             if not ok:
@@ -174,18 +185,20 @@ class _Session:
         self.logits = model.logits(out["hidden"][:, -1]).float()  # (b, vocab)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (n,) -> next-token logits (n, vocab)."""
-        self.attention_mask = F.pad(self.attention_mask, (0, 1), value=1)
+        """Feed one token per row (n,), or k per row (n, k) -> next-token logits after the last (n, vocab)."""
+        tokens = tokens[:, None] if tokens.dim() == 1 else tokens  # (n, k)
+        k = tokens.shape[1]
+        self.attention_mask = F.pad(self.attention_mask, (0, k), value=1)
         out = self.model(
-            tokens[:, None],
+            tokens,
             media=self.media,
             attention_mask=self.attention_mask,
-            position_ids=self.next_position,
+            position_ids=self.next_position + torch.arange(k, device=tokens.device),  # (n, k)
             images_before=self.images_before,
             cache=self.cache,
             use_cache=True,
         )
-        self.cache, self.next_position = out["cache"], self.next_position + 1
+        self.cache, self.next_position = out["cache"], self.next_position + k
         self.logits = self.model.logits(out["hidden"][:, -1]).float()
         return self.logits
 
@@ -204,6 +217,60 @@ class _Session:
     def reorder(self, source: torch.Tensor):
         # Beams only move within their own row, whose media, mask and positions they all share.
         self.cache.reorder_cache(source.to(self.attention_mask.device))
+
+
+class _WordTrie:
+    """The tokens of " word" for each allowed word, as a trie whose root is the space between two words.
+
+    A state is a node: where the text stands inside a word (0: between words). A node that ends a word and
+    also begins a longer one (" text" of " textarea") allows both ways on.
+    """
+
+    def __init__(self, tokenizer, words: Sequence[str], stops: set[int]):
+        self.children: list[dict[int, int]] = [{}]  # node -> {token: next node}
+        self.ends = [False]
+        for word in words:
+            node = 0
+            for token in tokenizer.encode(" " + word, add_special_tokens=False):
+                if token not in self.children[node]:
+                    self.children[node][token] = len(self.children)
+                    self.children.append({})
+                    self.ends.append(False)
+                node = self.children[node][token]
+            self.ends[node] = True
+        self.stops = sorted(stops)
+
+    def allowed(self, node: int) -> list[int]:
+        """The tokens that may follow: the word's next tokens, and after a whole word the next word or a stop."""
+        if node and not self.ends[node]:
+            return list(self.children[node])
+        return list(self.children[node]) + list(self.children[0]) + self.stops if node else list(self.children[0]) + self.stops
+
+    def advance(self, node: int, token: int) -> int:
+        if token in self.children[node]:
+            return self.children[node][token]
+        return self.children[0].get(token, 0)  # the next word, or a stop
+
+    def forced(self, node: int) -> list[int]:
+        """The tokens that must follow `node`, up to the next choice: the rest of a word its start decides."""
+        tokens = []
+        while node and not self.ends[node] and len(self.children[node]) == 1:
+            (token, node), = self.children[node].items()
+            tokens.append(token)
+        return tokens
+
+
+def _only_allowed(scores: torch.Tensor, trie: _WordTrie, nodes: list[int]) -> torch.Tensor:
+    """(n, vocab) scores -> -inf on every token that does not go on from row i's node."""
+    allowed = torch.full_like(scores, float("-inf"))
+    for i, node in enumerate(nodes):
+        index = torch.tensor(trie.allowed(node), device=scores.device)
+        allowed[i, index] = scores[i, index]
+    return allowed
+
+
+def _word_trie(model, config: GenerationConfig) -> _WordTrie | None:
+    return _WordTrie(model.tokenizer, config.allowed_words, stop_token_ids(model)) if config.allowed_words else None
 
 
 def _seen_tokens(input_ids, attention_mask, vocab_size: int) -> torch.Tensor:
@@ -270,20 +337,34 @@ def _sample(model, input_ids, attention_mask, pixel_values, config) -> Iterator[
     b = input_ids.shape[0]
     tokens = [[] for _ in range(b)]
     done = torch.zeros(b, dtype=torch.bool, device=device)
+    trie, nodes = _word_trie(model, config), [0] * b
     logits = session.logits
-    for step in range(max_new):
-        next_tokens = _pick(_scores(model, logits, seen, step, stops, config), config, generator)  # (b,)
+    while True:
+        step = len(max(tokens, key=len))
+        scores = _scores(model, logits, seen, step, stops, config)
+        if trie:
+            scores = _only_allowed(scores, trie, nodes)
+        next_tokens = _pick(scores, config, generator)  # (b,)
         next_tokens = next_tokens.masked_fill(done, model.tokenizer.pad_token_id)  # finished rows idle on padding
         done |= torch.isin(next_tokens, stops)
+        fed = next_tokens[:, None]  # (b, k): what the next forward pass reads
         for i in (~done).nonzero()[:, 0].tolist():
             tokens[i].append(int(next_tokens[i]))
+            if trie:
+                nodes[i] = trie.advance(nodes[i], tokens[i][-1])
+                if b == 1:  # jump forward over what the word's start decided, as far as max_new_tokens allows
+                    forced = trie.forced(nodes[i])[: max_new - len(tokens[i])]
+                    for token in forced:
+                        nodes[i] = trie.advance(nodes[i], token)
+                    tokens[i] += forced
+                    fed = torch.tensor([[tokens[i][-1 - len(forced)], *forced]], device=device)
             if _hits_stop_string(model.tokenizer, tokens[i], config.stop_strings):
                 done[i] = True
         yield tokens
-        if done.all() or step == max_new - 1:
+        if done.all() or len(max(tokens, key=len)) >= max_new:
             return
-        seen[torch.arange(b, device=device), next_tokens] = True
-        logits = session.step(next_tokens)
+        seen[torch.arange(b, device=device)[:, None], fed] = True
+        logits = session.step(fed)
 
 
 @torch.inference_mode()
@@ -304,6 +385,7 @@ def _beam_search(model, input_ids, attention_mask, pixel_values, config) -> list
     beams = [[] for _ in range(b * k)]
     finished = [[] for _ in range(b)]  # per row: (score, tokens), the k best
     done = [False] * b
+    trie, nodes = _word_trie(model, config), [0] * (b * k)
 
     def finish(row, score, tokens, length):
         finished[row].append((score / length**config.length_penalty, tokens))
@@ -313,10 +395,12 @@ def _beam_search(model, input_ids, attention_mask, pixel_values, config) -> list
     logits = session.logits
     for step in range(max_new):
         logprobs = F.log_softmax(_scores(model, logits, seen, step, stop_ids, config), dim=-1)  # (b*k, vocab)
+        if trie:
+            logprobs = _only_allowed(logprobs, trie, nodes)
         vocab = logprobs.shape[-1]
         candidates = (beam_scores[:, None] + logprobs).view(b, k * vocab)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (b, 2k): enough to keep k going past stops
-        source, chosen, scores = [], [], []
+        source, chosen, scores, next_nodes = [], [], [], []
         for row in range(b):
             picked = 0
             ranked = zip(top_scores[row].tolist(), top_index[row].tolist())
@@ -331,6 +415,8 @@ def _beam_search(model, input_ids, attention_mask, pixel_values, config) -> list
                     continue
                 source.append(beam), chosen.append(token), scores.append(score)
                 picked += 1
+                if trie:
+                    next_nodes.append(trie.advance(nodes[beam], token))
             if picked:
                 # done once k answers are finished and no running beam can beat them (Hugging Face's rule)
                 best_running = max(scores[-picked:]) / (step + 1) ** config.length_penalty
@@ -341,9 +427,11 @@ def _beam_search(model, input_ids, attention_mask, pixel_values, config) -> list
             source += [row * k] * (k - picked)
             chosen += [model.tokenizer.pad_token_id] * (k - picked)
             scores += [float("-inf")] * (k - picked)
+            next_nodes += [0] * (k - picked) if trie else []
         source_t = torch.tensor(source, device=device)
         chosen_t = torch.tensor(chosen, device=device)
         beams = [beams[s] + [t] for s, t in zip(source, chosen)]
+        nodes = next_nodes
         beam_scores = torch.tensor(scores, device=device)
         if all(done) or step == max_new - 1:
             break

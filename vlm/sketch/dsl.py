@@ -24,6 +24,9 @@ PIX2CODE_TOKENS = frozenset({
 })
 
 
+WORDS = (*sorted(set(TOKENS) - {ROOT}), "{", "}", ",")  # all a document is written in (decoding keeps to them)
+
+
 def is_container(token: str) -> bool:
     return bool(TOKENS[token].get("children"))
 

@@ -1,6 +1,7 @@
 """StepLoader with worker processes, on stand-in sources: only the loader's own behaviour is under test."""
 
 import threading
+import time
 from collections import Counter
 
 import torch
@@ -50,3 +51,22 @@ def test_close_returns_while_workers_still_send_prefetched_steps():
         closing.start()
         closing.join(timeout=60)
         assert not closing.is_alive(), "StepLoader.close hung with prefetched results unsent"
+
+
+class SlowRows(PictureRows):
+    def load(self, example):
+        time.sleep(0.05)
+        return super().load(example)
+
+
+def test_busy_adds_up_the_seconds_workers_spent_loading_the_examples_returned():
+    loader = StepLoader(CountingMixture(), SlowRows(), batch_size=8, micro_batch=8,
+                        slice_of=lambda draws: draws, workers=2, prefetch=1)
+    try:
+        assert loader.busy == 0
+        loader.next_step()
+        assert 8 * 0.05 <= loader.busy < 8 * 0.05 + 1.0
+        loader.next_step()
+        assert 16 * 0.05 <= loader.busy < 16 * 0.05 + 2.0
+    finally:
+        loader.close()

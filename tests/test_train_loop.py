@@ -328,6 +328,7 @@ def test_an_unreadable_image_is_skipped_and_counted_or_raises(tmp_path, readable
     records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert [r["skipped"] for r in records] == [1, 2]  # 2 epochs of 4: the broken image came twice
     assert all(math.isfinite(r["loss"]) for r in records)
+    assert all(0 < r["workers_busy"] <= 1 if workers else "workers_busy" not in r for r in records)
 
     strict = tiny_recipe(readable_lm, data, tmp_path / "strict", steps=2, data_workers=workers)
     strict["data"]["sources"][0]["on_error"] = "raise"

@@ -8,7 +8,7 @@ row decodes to the same tokens in a batch as alone.
 
 With `allowed_words` (a page DSL's words, say) the output is those words, each after a space: each step
 picks among the tokens that continue a word or start the next one. A token that is the only way on (the
-"tn-" of " btn-red" once " b" is written) needs no choice, so a single prompt feeds it in the same forward
+"tn" and "-" of " btn-red" once " b" is written) needs no choice, so a single prompt feeds it in the same forward
 pass as the token before it ("jump-forward" decoding); a batch picks it like any other, to the same text.
 """
 
@@ -242,9 +242,10 @@ class _WordTrie:
 
     def allowed(self, node: int) -> list[int]:
         """The tokens that may follow: the word's next tokens, and after a whole word the next word or a stop."""
+        inside = list(self.children[node]) if node else []
         if node and not self.ends[node]:
-            return list(self.children[node])
-        return list(self.children[node]) + list(self.children[0]) + self.stops if node else list(self.children[0]) + self.stops
+            return inside
+        return inside + list(self.children[0]) + self.stops
 
     def advance(self, node: int, token: int) -> int:
         if token in self.children[node]:

@@ -30,7 +30,7 @@ def layout(dsl: str) -> tuple[int, list[int]]:
 
 @pytest.mark.slow
 def test_the_default_model_lays_out_the_pages_it_is_shown(model, tmp_path):
-    # held-out pages of pix2code's vocabulary in its style and as wireframes: 7 of 12 layouts right when measured
+    # held-out pages of pix2code's vocabulary in its style and as wireframes: 6 of 12 layouts right when measured
     write_generated_set(tmp_path, 6, seed=HELD_OUT_SEED + 5_000, styles=("pix2code", "wireframe"), vocabulary="pix2code")
     samples = evaluate_sketch2html(model.sketch_to_html, load_samples(tmp_path), batch_size=12)["samples"]
     right = [layout(s["prediction"]) == layout(s["reference"]) for s in samples]
@@ -38,10 +38,26 @@ def test_the_default_model_lays_out_the_pages_it_is_shown(model, tmp_path):
 
 
 @pytest.mark.slow
+def test_one_sketch_alone_jumps_forward_to_the_page_it_gets_in_a_batch(model, tmp_path, monkeypatch):
+    # alone, the tokens a DSL word's start decides ride along in one forward pass; a batch picks each in a pass
+    write_generated_set(tmp_path, 2, seed=HELD_OUT_SEED + 6_000, styles=("pix2code",), vocabulary="pix2code")
+    passes = []
+    forward = type(model.model).forward
+    monkeypatch.setattr(type(model.model), "forward", lambda self, *a, **k: passes.append(1) or forward(self, *a, **k))
+    for image in sorted(str(path) for path in tmp_path.glob("*.png")):
+        passes.clear()
+        twice = model.sketch_to_html([image, image])
+        a_pass_a_token = len(passes)
+        passes.clear()
+        assert model.sketch_to_html(image) == twice[0] == twice[1]
+        assert len(passes) <= 0.8 * a_pass_a_token, (len(passes), a_pass_a_token)
+
+
+@pytest.mark.slow
 def test_the_default_model_names_the_shape_and_colour_it_is_shown(model):
-    # easy-VQA's test split, its shape and colour questions (13 answers): 39 of these 48 right when measured; a
+    # easy-VQA's test split, its shape and colour questions (13 answers): 45 of these 48 right when measured; a
     # model blind to the picture gets about a third, fresh adapters none (they do not answer in words)
     questions = [q for q in read_easy_vqa("test") if answer_type(q[2]) == "other"][:48]
     answers = model.ask([path for *_, path in questions], [question for _, question, _, _ in questions])
     accuracy = sum(normalize_answer(a) == answer for a, (_, _, answer, _) in zip(answers, questions)) / len(questions)
-    assert accuracy >= 0.6, list(zip(answers, [answer for _, _, answer, _ in questions]))
+    assert accuracy >= 0.75, list(zip(answers, [answer for _, _, answer, _ in questions]))

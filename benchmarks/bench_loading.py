@@ -8,8 +8,11 @@ where the time goes. Per source: milliseconds to make one example (`source[i]`: 
 drawing the page) and to load it (`Collator.load`: decode and resize the pictures, tokenise), on one
 thread. Then the trainer's `StepLoader` with each number of workers: examples a second over whole steps
 of `--batch-size`, after two steps of warm-up, the way `vlm train` draws them (same mixture, same seed).
-Last, the crossing from worker to trainer alone, for pictures sent as torch tensors (shared memory and a
-file descriptor each) and as numpy arrays (inside the pickle, as the loader sends them).
+Then the crossing from worker to trainer alone, for pictures sent as torch tensors (shared memory and a
+file descriptor each) and as numpy arrays (inside the pickle, as the loader sends them). Last, the loader
+beside a stand-in training step of `--step-seconds` that sleeps (a step that leaves the interpreter free)
+or holds the GIL (pure Python), at Python's default thread switch interval and at the loader's own (0.5 ms):
+the pool's threads that send tasks and receive results need the GIL too.
 Paths in the recipe are read from the working directory: run it from the repository root.
 """
 
@@ -17,6 +20,7 @@ import argparse
 import multiprocessing
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -26,7 +30,7 @@ from bench_generation import machine
 from vlm.model import build_model
 from vlm.train.batching import Collator
 from vlm.train.config import load_train_config
-from vlm.train.loader import EXAMPLES_PER_TASK, StepLoader
+from vlm.train.loader import EXAMPLES_PER_TASK, SWITCH_INTERVAL, StepLoader
 from vlm.train.sources import build_mixture, build_source
 
 
@@ -83,6 +87,39 @@ def crossing(workers: int, tasks: int) -> None:
             print(f"{name:>12} {pictures / (time.perf_counter() - started):10.0f}")
 
 
+def _hold_the_gil(seconds: float):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sum(range(1000))
+
+
+def beside_a_trainer(config, collate: Collator, tokenizer, workers: int, steps: int, batch_size: int,
+                     step_seconds: float) -> None:
+    """data_wait of the trainer's loader when each training step sleeps or holds the GIL for step_seconds."""
+    print(f"\nbeside a training step of {step_seconds} s: {workers} workers, steps of {batch_size}")
+    print(f"{'the step':>14} {'switch interval':>15} {'data_wait':>9} {'examples/s':>10}")
+    default = sys.getswitchinterval()
+    for name, step in (("sleeps", time.sleep), ("holds the GIL", _hold_the_gil)):
+        for interval in (default, SWITCH_INTERVAL):
+            mixture = build_mixture(config.data.sources, tokenizer=tokenizer, seed=config.run.seed)
+            loader = StepLoader(mixture, collate, batch_size=batch_size, micro_batch=batch_size,
+                                slice_of=lambda draws: draws, workers=workers)
+            sys.setswitchinterval(interval)  # after the loader, which sets SWITCH_INTERVAL itself
+            try:
+                for _ in range(2):
+                    loader.next_step()
+                waited, started = 0.0, time.perf_counter()
+                for _ in range(steps):
+                    waiting = time.perf_counter()
+                    loader.next_step()
+                    waited += time.perf_counter() - waiting
+                    step(step_seconds)
+                elapsed = time.perf_counter() - started
+                print(f"{name:>14} {1000 * interval:>12.1f} ms {waited / elapsed:>9.2f} {steps * batch_size / elapsed:>10.1f}")
+            finally:
+                loader.close()  # back to the default
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/default.yaml")
@@ -90,6 +127,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--examples", type=int, default=40, help="examples per source for the per-source table")
+    parser.add_argument("--step-seconds", type=float, default=0.6, help="the stand-in training step of the last table")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a loading worker
     config = load_train_config(args.config)
@@ -105,6 +143,8 @@ def main():
         rate = through_loader(config, collate, model.tokenizer, workers, args.steps, args.batch_size)
         print(f"{workers:7d} {rate:10.1f}")
     crossing(max(args.workers), tasks=200)
+    beside_a_trainer(config, collate, model.tokenizer, max(max(args.workers), 1), args.steps, args.batch_size,
+                     args.step_seconds)
 
 
 if __name__ == "__main__":

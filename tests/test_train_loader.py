@@ -1,12 +1,13 @@
 """StepLoader with worker processes, on stand-in sources: only the loader's own behaviour is under test."""
 
+import sys
 import threading
 import time
 from collections import Counter
 
 import torch
 
-from vlm.train.loader import StepLoader
+from vlm.train.loader import SWITCH_INTERVAL, StepLoader
 
 
 class CountingMixture:
@@ -70,3 +71,15 @@ def test_busy_adds_up_the_seconds_workers_spent_loading_the_examples_returned():
         assert 16 * 0.05 <= loader.busy < 16 * 0.05 + 2.0
     finally:
         loader.close()
+
+
+def test_workers_shorten_the_thread_switch_interval_until_close():
+    # the pool's threads need the GIL to move tasks and results while the training step holds it
+    before = sys.getswitchinterval()
+    loader = StepLoader(CountingMixture(), PictureRows(), batch_size=4, micro_batch=4,
+                        slice_of=lambda draws: draws, workers=1)
+    try:
+        assert sys.getswitchinterval() == min(before, SWITCH_INTERVAL) < before
+    finally:
+        loader.close()
+    assert sys.getswitchinterval() == before

@@ -8,6 +8,7 @@ decoding and resizing images, tokenising) is the costly part: with `workers`, fo
 
 import multiprocessing
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,11 @@ from vlm.data.mixture import Draw, Mixture
 from vlm.train.batching import Batch, Collator
 
 EXAMPLES_PER_TASK = 4  # small enough to spread one step over many workers
+# The pool's threads in this process send tasks and receive results, and need the GIL for it: while the training
+# step holds the GIL they waited up to Python's 5 ms switch interval each time. With 0.5 ms, a stand-in step that
+# holds the GIL waited for batches 0.10 of the time instead of 0.30, as little as a step that sleeps (the last
+# table of benchmarks/bench_loading.py, 1 worker on 2 cores).
+SWITCH_INTERVAL = 0.0005
 
 # Set in the training process before the workers fork, so they inherit the sources and the tokenizer
 # instead of receiving them pickled.
@@ -76,7 +82,9 @@ class StepLoader:
         self.prefetch, self.workers, self.busy = prefetch, workers, 0.0
         self.pending = deque()  # (mixture state before the step, [[task result] per micro-batch])
         self.pool = None
+        self.switch_interval = sys.getswitchinterval()  # restored by close()
         if workers:
+            sys.setswitchinterval(min(self.switch_interval, SWITCH_INTERVAL))
             global _WORKER_STATE
             _WORKER_STATE = (mixture, collate)
             # fork: the workers share the parent's memory (sources, tokenizer); start them before CUDA is used
@@ -132,3 +140,4 @@ class StepLoader:
                         task.wait()
             self.pool.terminate()
             self.pool = None
+            sys.setswitchinterval(self.switch_interval)

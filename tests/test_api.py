@@ -11,7 +11,7 @@ from tiny_backbones import save_tiny_lm
 from transformers import AutoModelForCausalLM
 
 import vlm
-from vlm import api
+from vlm import api, generation
 from vlm.images import ImageError
 from vlm.model import build_model
 
@@ -158,6 +158,15 @@ def test_sketch_to_html_always_returns_a_page(model):
     assert page.startswith("<!DOCTYPE html>") and "<pre>" in page
     with warnings.catch_warnings(record=True):  # DSL words only, but 8 tokens may leave a brace open
         assert model.sketch_to_html(picture(5), max_new_tokens=8).startswith("<!DOCTYPE html>")
+    assert model._dsl_words  # this tokenizer writes a run of words word by word
+
+
+def test_sketch_to_html_decodes_freely_where_the_tokenizer_cannot_be_steered_by_words(model, monkeypatch):
+    monkeypatch.setattr(generation, "tokenizes_word_by_word", lambda tokenizer, words: False)
+    unsteered = api.VLM(model.model, generation_config=model.generation_config)
+    assert unsteered._dsl_words == ()
+    with pytest.warns(UserWarning, match="does not parse"):  # free text from a random model, not an error
+        unsteered.sketch_to_html(picture(5), max_new_tokens=8)
     page = api.dsl_to_html("header { btn-active, btn-inactive } row { single { small-title, text } }")
     assert page.startswith("<!DOCTYPE html>") and 'class="header' in page
     with pytest.warns(UserWarning):

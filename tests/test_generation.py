@@ -5,7 +5,8 @@ import torch
 from test_model import images_for, open_gates, tiny_config
 
 from vlm.cross_attention import MaskedCrossAttention
-from vlm.generation import GenerationConfig, decode_text, generate, left_pad, stop_token_ids, stream
+from vlm.generation import (GenerationConfig, decode_text, generate, left_pad, stop_token_ids, stream,
+                            tokenizes_word_by_word)
 from vlm.model import build_model
 from vlm.vision import VisionEncoder
 
@@ -244,3 +245,12 @@ def test_allowed_words_must_be_words():
         GenerationConfig(allowed_words="header")
     with pytest.raises(ValueError, match="allowed_words must be words: non-empty strings without spaces"):
         GenerationConfig(allowed_words=["header", "two words"])
+
+
+def test_a_tokenizer_that_writes_words_otherwise_in_a_run_is_a_clear_error(model, monkeypatch):
+    # as SentencePiece starts every text with a lone marker: " a" alone is [marker, a], " a b" is [marker, a, b]
+    monkeypatch.setattr(model.tokenizer, "encode", lambda text, add_special_tokens=False: [0] + [len(w) for w in text.split()])
+    assert not tokenizes_word_by_word(model.tokenizer, DSL_WORDS)
+    input_ids, pixel_values = prompt(model, 0)
+    with pytest.raises(ValueError, match="allowed_words: this tokenizer writes a run of these words in other tokens"):
+        generate(model, input_ids, pixel_values=pixel_values, config=GenerationConfig(allowed_words=DSL_WORDS))

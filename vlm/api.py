@@ -10,6 +10,7 @@
 Every prompt goes through vlm.prompts, so it is token for token the context the model was trained on.
 """
 
+import functools
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -100,12 +101,11 @@ class VLM:
         """A UI sketch -> an HTML page: the model writes the page DSL, which vlm.sketch compiles.
 
         Decoding keeps to the DSL's words (allowed_words), which also lets one sketch skip the forward passes of
-        a word's tokens its start decides; allowed_words=() lets the model write any text.
+        a word's tokens its start decides; allowed_words=() lets the model write any text, as it does with an
+        LM whose tokenizer writes a run of words otherwise than word by word.
         """
-        from vlm.sketch.dsl import WORDS  # lazy: the sketch tooling is only needed here
-
         images, batched = _as_batch(image)
-        options = {"max_new_tokens": HTML_MAX_NEW_TOKENS, "allowed_words": WORDS, **options}
+        options = {"max_new_tokens": HTML_MAX_NEW_TOKENS, "allowed_words": self._dsl_words, **options}
         pages = [dsl_to_html(dsl) for dsl in self._complete([(prompts.sketch_to_html(), [i]) for i in images], options)]
         return pages if batched else pages[0]
 
@@ -151,6 +151,13 @@ class VLM:
         if stream:
             return self._stream((segments, images), options)
         return self._complete([(segments, images)], options)[0]
+
+    @functools.cached_property
+    def _dsl_words(self) -> tuple[str, ...]:
+        """The page DSL's words for sketch_to_html's decoding, or () where the tokenizer cannot be steered by them."""
+        from vlm.sketch.dsl import WORDS  # lazy: the sketch tooling is only needed here
+
+        return WORDS if generation.tokenizes_word_by_word(self.model.tokenizer, WORDS) else ()
 
     # --- prompts to tensors to text ----------------------------------------------------------
     def prepare(self, examples: Sequence[tuple[Sequence[Segment], Sequence[ImageSource]]], *, max_new_tokens: int) -> Inputs:

@@ -219,6 +219,16 @@ class _Session:
         self.cache.reorder_cache(source.to(self.attention_mask.device))
 
 
+def tokenizes_word_by_word(tokenizer, words: Sequence[str]) -> bool:
+    """Whether the words, each after a space, tokenize in a run as each does alone: allowed_words needs it.
+
+    True of byte-level BPE (GPT-2's, SmolLM2's); not of a tokenizer that starts every text with a marker of
+    its own (SentencePiece's lone "▁"), whose words alone would steer it to tokens it never writes in a run.
+    """
+    alone = [token for word in words for token in tokenizer.encode(" " + word, add_special_tokens=False)]
+    return tokenizer.encode("".join(" " + word for word in words), add_special_tokens=False) == alone
+
+
 class _WordTrie:
     """The tokens of " word" for each allowed word, as a trie whose root is the space between two words.
 
@@ -227,6 +237,9 @@ class _WordTrie:
     """
 
     def __init__(self, tokenizer, words: Sequence[str], stops: set[int]):
+        if not tokenizes_word_by_word(tokenizer, words):
+            raise ValueError("allowed_words: this tokenizer writes a run of these words in other tokens than each "
+                             "word alone, so the list cannot steer decoding; decode with allowed_words=()")
         self.children: list[dict[int, int]] = [{}]  # node -> {token: next node}
         self.ends = [False]
         for word in words:

@@ -52,19 +52,27 @@ def per_source(config, collate: Collator, tokenizer, examples: int) -> None:
               f"{statistics.mean(tokens):7.0f}")
 
 
-def through_loader(config, collate: Collator, tokenizer, workers: int, steps: int, batch_size: int) -> float:
+def through_loader(config, collate: Collator, tokenizer, workers: int, steps: int, batch_size: int, *,
+                   train_step=lambda: None, switch_interval: float | None = None) -> tuple[float, float]:
+    """(examples a second, data_wait) over `steps` steps after two of warm-up, each step followed by train_step()."""
     mixture = build_mixture(config.data.sources, tokenizer=tokenizer, seed=config.run.seed)
     loader = StepLoader(mixture, collate, batch_size=batch_size, micro_batch=batch_size,
                         slice_of=lambda draws: draws, workers=workers)
+    if switch_interval is not None:
+        sys.setswitchinterval(switch_interval)  # after the loader, which sets SWITCH_INTERVAL itself
     try:
         for _ in range(2):
             loader.next_step()
-        started = time.perf_counter()
+        waited, started = 0.0, time.perf_counter()
         for _ in range(steps):
+            waiting = time.perf_counter()
             loader.next_step()
-        return steps * batch_size / (time.perf_counter() - started)
+            waited += time.perf_counter() - waiting
+            train_step()
+        elapsed = time.perf_counter() - started
+        return steps * batch_size / elapsed, waited / elapsed
     finally:
-        loader.close()
+        loader.close()  # the switch interval back to what it was before the loader
 
 
 def _pictures_as_tensors(_):
@@ -101,23 +109,9 @@ def beside_a_trainer(config, collate: Collator, tokenizer, workers: int, steps: 
     default = sys.getswitchinterval()
     for name, step in (("sleeps", time.sleep), ("holds the GIL", _hold_the_gil)):
         for interval in (default, SWITCH_INTERVAL):
-            mixture = build_mixture(config.data.sources, tokenizer=tokenizer, seed=config.run.seed)
-            loader = StepLoader(mixture, collate, batch_size=batch_size, micro_batch=batch_size,
-                                slice_of=lambda draws: draws, workers=workers)
-            sys.setswitchinterval(interval)  # after the loader, which sets SWITCH_INTERVAL itself
-            try:
-                for _ in range(2):
-                    loader.next_step()
-                waited, started = 0.0, time.perf_counter()
-                for _ in range(steps):
-                    waiting = time.perf_counter()
-                    loader.next_step()
-                    waited += time.perf_counter() - waiting
-                    step(step_seconds)
-                elapsed = time.perf_counter() - started
-                print(f"{name:>14} {1000 * interval:>12.1f} ms {waited / elapsed:>9.2f} {steps * batch_size / elapsed:>10.1f}")
-            finally:
-                loader.close()  # back to the default
+            rate, data_wait = through_loader(config, collate, tokenizer, workers, steps, batch_size,
+                                             train_step=lambda: step(step_seconds), switch_interval=interval)
+            print(f"{name:>14} {1000 * interval:>12.1f} ms {data_wait:>9.2f} {rate:>10.1f}")
 
 
 def main():
@@ -140,7 +134,7 @@ def main():
     print(f"\nthe trainer's loader, steps of {args.batch_size} ({args.steps} steps after 2 of warm-up)")
     print(f"{'workers':>7} {'examples/s':>10}")
     for workers in args.workers:
-        rate = through_loader(config, collate, model.tokenizer, workers, args.steps, args.batch_size)
+        rate, _ = through_loader(config, collate, model.tokenizer, workers, args.steps, args.batch_size)
         print(f"{workers:7d} {rate:10.1f}")
     crossing(max(args.workers), tasks=200)
     beside_a_trainer(config, collate, model.tokenizer, max(max(args.workers), 1), args.steps, args.batch_size,

@@ -13,7 +13,7 @@ from vlm.prompts import IMAGE_TOKEN
 from vlm.train import cli, load_train_config, trainer
 from vlm.train.config import SourceConfig
 from vlm.train.metrics import plot_losses
-from vlm.train.sources import SketchPages, build_source, check_source
+from vlm.train.sources import SketchPages, build_source, check_source, names_what_is_shown
 from vlm.train.trainer import lr_factor
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -136,6 +136,32 @@ def test_easy_vqa_is_a_source_of_questions():
     example = source[0]
     assert len(source) > 1000 and Image.open(example.images[0]).size == (64, 64)
     assert "Question:" in "".join(s.text for s in example.segments)
+
+
+
+@pytest.mark.parametrize("question, answer, shown", [
+    ("is there a red shape?", "yes", True), ("is there a red shape?", "no", False),
+    ("is there not a circle in the image?", "no", True), ("is no gray shape present?", "yes", False),
+    ("does the image not contain a triangle?", "yes", False), ("is a triangle present?", "yes", True),
+])
+def test_easy_vqa_tells_which_yes_no_questions_name_what_is_shown(question, answer, shown):
+    assert names_what_is_shown(question, answer) is shown
+
+
+def test_balanced_easy_vqa_asks_about_shown_and_missing_things_equally():
+    plain = build_source(SourceConfig(kind="easy_vqa", options={"split": "test"}), tokenizer=None)
+    balanced = build_source(SourceConfig(kind="easy_vqa", options={"split": "test", "balanced": True}), tokenizer=None)
+
+    def shown_and_missing(items):
+        yes_no = [names_what_is_shown(q, a) for q, a, _ in items if a in ("yes", "no")]
+        return sum(yes_no), len(yes_no) - sum(yes_no)
+
+    shown, missing = shown_and_missing(plain.items)
+    assert shown < missing / 3  # the data leans to absent things
+    assert shown_and_missing(balanced.items) == (missing, missing)
+    assert balanced.items[: len(plain)] == plain.items and set(balanced.items) == set(plain.items)
+    with pytest.raises(ConfigError, match="balanced must be true or false"):
+        build_source(SourceConfig(kind="easy_vqa", options={"balanced": "yes"}), tokenizer=None)
 
 
 def test_the_loss_plot_draws_both_curves():

@@ -6,15 +6,17 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from tiny_backbones import tiny_tokenizer
 
 from vlm.config import ConfigError
 from vlm.data import Example
-from vlm.prompts import IMAGE_TOKEN
+from vlm.data.mixture import Component, Mixture
+from vlm.prompts import IMAGE_TOKEN, SPECIAL_TOKENS, encode, vqa
 from vlm.train import cli, load_train_config, trainer
 from vlm.train.config import SourceConfig
 from vlm.train.metrics import plot_losses
-from vlm.train.sources import SketchPages, build_source, check_source, names_what_is_shown
-from vlm.train.trainer import lr_factor
+from vlm.train.sources import SketchPages, build_source, check_source, names_what_is_shown, source_shares
+from vlm.train.trainer import lr_factor, shares_table
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -168,3 +170,35 @@ def test_the_loss_plot_draws_both_curves():
     image = plot_losses([(1, 5.0), (2, 3.0), (3, math.nan), (4, 1.0)], [(4, 1.5)])
     colours = {colour for _, colour in image.getcolors(maxcolors=100_000)}
     assert (31, 119, 180) in colours and (255, 127, 14) in colours
+
+
+class Answers:
+    """A map-style stand-in source: questions whose answers are `words` words long."""
+
+    def __init__(self, words: int):
+        self.answer = " ".join(["row"] * words)
+
+    def __len__(self) -> int:
+        return 100
+
+    def __getitem__(self, index: int) -> Example:
+        return Example(vqa(f"question {index}?", self.answer), [Image.new("RGB", (8, 8))])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def test_source_shares_count_target_tokens_times_loss_weight():
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    targets = {n: len(encode(vqa("q?", Answers(n).answer)[2:], tokenizer, max_length=None).labels) for n in (1, 40)}
+    mixture = Mixture([Component("pages", Answers(40), weight=1), Component("answers", Answers(1), weight=3, loss_weight=2),
+                       Component("stream", iter([Answers(1)[0]] * 5), weight=1)], seed=0)
+    shares = source_shares(mixture, tokenizer, max_length=None, per_source=8)
+
+    assert [s.targets for s in shares] == [targets[40], targets[1], targets[1]]
+    assert [s.examples for s in shares] == [0.2, 0.6, 0.2]
+    losses = [targets[40], 6 * targets[1], targets[1]]
+    assert [s.loss for s in shares] == pytest.approx([loss / sum(losses) for loss in losses])
+    table = shares_table(shares).splitlines()
+    assert len(table) == 4 and table[2].split()[:3] == ["answers", "0.600", f"{shares[1].loss:.3f}"]

@@ -8,17 +8,19 @@ unknown kind or option, or a missing file, before any weights load.
 import difflib
 import importlib.util
 import inspect
+import itertools
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlm.config import ConfigError
-from vlm.data import Example
+from vlm.data import Example, MapSource
 from vlm.data.coco import CocoCaptions, KarpathyCaptions, VQAv2
 from vlm.data.easy_vqa import SPLITS, read_easy_vqa
 from vlm.data.jsonl import JsonlSource
 from vlm.data.mixture import Component, Mixture
 from vlm.data.webdataset import WebDatasetSource, expand_shards
-from vlm.prompts import caption, sketch_to_html, vqa
+from vlm.prompts import IGNORE_INDEX, caption, encode, sketch_to_html, vqa
 from vlm.sketch.dsl import to_dsl
 from vlm.sketch.generate import generate_page
 from vlm.sketch.pix2code import pix2code_split
@@ -234,6 +236,37 @@ def build_mixture(sources: list[SourceConfig], *, tokenizer, seed: int) -> Mixtu
         for s in sources
     ]
     return Mixture(components, seed=seed)
+
+
+
+@dataclass(frozen=True)
+class SourceShare:
+    name: str
+    targets: float  # mean target tokens of one of its examples
+    examples: float  # its share of the examples drawn
+    loss: float  # its share of the loss: a mean over target tokens, each counted loss_weight times
+
+
+def source_shares(mixture: Mixture, tokenizer, *, max_length: int | None, per_source: int = 32) -> list[SourceShare]:
+    """Each source's share of the examples and of the loss, from `per_source` of its examples (spread over a
+    map-style source, the first of a stream). A source of one-word answers beside one of whole pages gets a
+    small share of the gradient however often it is drawn: this shows how small."""
+    counted = []
+    for component in mixture.components:
+        source = component.source
+        if isinstance(source, MapSource):
+            stride = max(1, len(source) // per_source)
+            examples = [source[i] for i in range(0, len(source), stride)[:per_source]]
+        else:
+            examples = list(itertools.islice(iter(source), per_source))
+        labels = [encode(example.segments, tokenizer, max_length=max_length).labels for example in examples]
+        counted.append(sum(label != IGNORE_INDEX for row in labels for label in row) / max(1, len(labels)))
+    weights = [c.weight for c in mixture.components]
+    losses = [c.weight * c.loss_weight * targets for c, targets in zip(mixture.components, counted)]
+    return [
+        SourceShare(c.name, targets, weight / sum(weights), loss / (sum(losses) or 1))
+        for c, targets, weight, loss in zip(mixture.components, counted, weights, losses)
+    ]
 
 
 def _nearest(name: str, valid) -> str:

@@ -42,7 +42,7 @@ from vlm.train.distributed import (
 )
 from vlm.train.loader import StepLoader
 from vlm.train.metrics import Metrics
-from vlm.train.sources import build_mixture
+from vlm.train.sources import build_mixture, source_shares
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TaskMetrics = Callable[[VisionLanguageModel], dict[str, float]]
@@ -70,6 +70,14 @@ def train(config: TrainConfig, *, resume: bool = False, task_metrics: TaskMetric
         return Trainer(config, world=world, resume=resume, task_metrics=task_metrics).fit()
     finally:
         close_world(world)
+
+
+def shares_table(shares) -> str:
+    """The mixture's sources with their shares of the examples and of the loss, one line each."""
+    width = max(len("source"), *(len(share.name) for share in shares))
+    lines = [f"{'source':{width}s}  examples  loss  target tokens per example"]
+    lines += [f"{s.name:{width}s}  {s.examples:8.3f}  {s.loss:4.3f}  {s.targets:.1f}" for s in shares]
+    return "\n".join(lines)
 
 
 def lr_factor(step: int, *, name: str, warmup: int, total: int, min_ratio: float, time_used: float = 0.0) -> float:
@@ -195,6 +203,7 @@ class Trainer:
             trained = sum(p.numel() for p in self.parameters) / 1e6
             self._log(f"{trained:.2f}M trained parameters; {self.steps} steps of {run.batch_size} examples "
                       f"on {world.size} x {world.device}")
+            self._log(shares_table(source_shares(self.mixture, model.tokenizer, max_length=config.data.max_length)))
         self.interrupted = False
 
     # --- the loop ---------------------------------------------------------------------------

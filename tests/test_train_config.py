@@ -202,3 +202,11 @@ def test_source_shares_count_target_tokens_times_loss_weight():
     assert [s.loss for s in shares] == pytest.approx([loss / sum(losses) for loss in losses])
     table = shares_table(shares).splitlines()
     assert len(table) == 4 and table[2].split()[:3] == ["answers", "0.600", f"{shares[1].loss:.3f}"]
+
+
+def test_source_shares_leave_out_examples_too_long_to_train_on():
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    mixture = Mixture([Component("pages", Answers(40)), Component("answers", Answers(1))], seed=0)
+    pages, answers = source_shares(mixture, tokenizer, max_length=40, per_source=4)  # answers: 26 tokens, pages: 104
+    assert pages.targets == 0 and answers.targets > 0 and answers.loss == 1.0

@@ -238,7 +238,6 @@ def build_mixture(sources: list[SourceConfig], *, tokenizer, seed: int) -> Mixtu
     return Mixture(components, seed=seed)
 
 
-
 @dataclass(frozen=True)
 class SourceShare:
     name: str
@@ -259,14 +258,22 @@ def source_shares(mixture: Mixture, tokenizer, *, max_length: int | None, per_so
             examples = [source[i] for i in range(0, len(source), stride)[:per_source]]
         else:
             examples = list(itertools.islice(iter(source), per_source))
-        labels = [encode(example.segments, tokenizer, max_length=max_length).labels for example in examples]
-        counted.append(sum(label != IGNORE_INDEX for row in labels for label in row) / max(1, len(labels)))
+        targets = [_targets(example, tokenizer, max_length) for example in examples]
+        targets = [t for t in targets if t is not None]  # training skips what cannot be encoded too
+        counted.append(sum(targets) / max(1, len(targets)))
     weights = [c.weight for c in mixture.components]
     losses = [c.weight * c.loss_weight * targets for c, targets in zip(mixture.components, counted)]
     return [
         SourceShare(c.name, targets, weight / sum(weights), loss / (sum(losses) or 1))
         for c, targets, weight, loss in zip(mixture.components, counted, weights, losses)
     ]
+
+
+def _targets(example: Example, tokenizer, max_length: int | None) -> int | None:
+    try:
+        return sum(label != IGNORE_INDEX for label in encode(example.segments, tokenizer, max_length=max_length).labels)
+    except ValueError:  # longer than max_length even when cut
+        return None
 
 
 def _nearest(name: str, valid) -> str:

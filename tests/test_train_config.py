@@ -15,7 +15,13 @@ from vlm.prompts import IMAGE_TOKEN, SPECIAL_TOKENS, encode, vqa
 from vlm.train import cli, load_train_config, trainer
 from vlm.train.config import SourceConfig
 from vlm.train.metrics import plot_losses
-from vlm.train.sources import SketchPages, build_source, check_source, names_what_is_shown, source_shares
+from vlm.train.sources import (
+    SketchPages,
+    build_source,
+    check_source,
+    names_what_is_shown,
+    source_shares,
+)
 from vlm.train.trainer import lr_factor, shares_table
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -192,8 +198,11 @@ def test_source_shares_count_target_tokens_times_loss_weight():
     tokenizer = tiny_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
     targets = {n: len(encode(vqa("q?", Answers(n).answer)[2:], tokenizer, max_length=None).labels) for n in (1, 40)}
-    mixture = Mixture([Component("pages", Answers(40), weight=1), Component("answers", Answers(1), weight=3, loss_weight=2),
-                       Component("stream", iter([Answers(1)[0]] * 5), weight=1)], seed=0)
+    mixture = Mixture([
+        Component("pages", Answers(40), weight=1),
+        Component("answers", Answers(1), weight=3, loss_weight=2),
+        Component("stream", iter([Answers(1)[0]] * 5), weight=1),  # a stream: its first examples are read
+    ], seed=0)
     shares = source_shares(mixture, tokenizer, max_length=None, per_source=8)
 
     assert [s.targets for s in shares] == [targets[40], targets[1], targets[1]]

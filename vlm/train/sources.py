@@ -138,8 +138,9 @@ class EasyVQA:
     shape and colour questions; split "train" or "test".
 
     `balanced`: repeat the yes/no questions whose named shape or colour is in the picture until they are as
-    many as those whose is not. The data asks about an absent one 4.5 times in 5, so "absent" is right 82% of
-    the time without looking: a model trained on it as it is learns to answer yes/no from the question alone.
+    many as those whose is not. The data asks about an absent one 4.5 times as often as about a shown one,
+    so "absent" is right 82% of the time without looking; the default model answers yes/no that way
+    (docs/default-model.md, run 6).
     """
 
     def __init__(self, *, split: str = "train", balanced: bool = False):

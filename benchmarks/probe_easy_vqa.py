@@ -14,8 +14,7 @@ import argparse
 import time
 
 import vlm
-from vlm.data.easy_vqa import read_easy_vqa
-from vlm.train.sources import names_what_is_shown
+from vlm.data.easy_vqa import names_what_is_shown, read_easy_vqa
 
 KINDS = ("names (shape or colour)", "yes/no, shown", "yes/no, missing")
 
@@ -33,6 +32,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--dtype", default="bfloat16")
     args = parser.parse_args()
+    if args.per_kind < 1 or args.batch_size < 1:
+        parser.error("--per-kind and --batch-size must be at least 1")
 
     model = vlm.load(args.model, dtype=args.dtype)
     questions = {kind: [] for kind in KINDS}

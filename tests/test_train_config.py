@@ -10,6 +10,7 @@ from tiny_backbones import tiny_tokenizer
 
 from vlm.config import ConfigError
 from vlm.data import Example
+from vlm.data.easy_vqa import names_what_is_shown
 from vlm.data.mixture import Component, Mixture
 from vlm.prompts import IMAGE_TOKEN, SPECIAL_TOKENS, encode, vqa
 from vlm.train import cli, load_train_config, trainer
@@ -19,7 +20,6 @@ from vlm.train.sources import (
     SketchPages,
     build_source,
     check_source,
-    names_what_is_shown,
     source_shares,
 )
 from vlm.train.trainer import lr_factor, shares_table

@@ -16,7 +16,7 @@ from pathlib import Path
 from vlm.config import ConfigError
 from vlm.data import Example, MapSource
 from vlm.data.coco import CocoCaptions, KarpathyCaptions, VQAv2
-from vlm.data.easy_vqa import SPLITS, read_easy_vqa
+from vlm.data.easy_vqa import SPLITS, balance_presence, read_easy_vqa
 from vlm.data.jsonl import JsonlSource
 from vlm.data.mixture import Component, Mixture
 from vlm.data.webdataset import WebDatasetSource, expand_shards
@@ -150,7 +150,7 @@ class EasyVQA:
             raise ConfigError(f"easy_vqa balanced must be true or false, got {balanced!r}")
         self.items = [(question, answer, path) for _, question, answer, path in read_easy_vqa(split)]
         if balanced:
-            self.items = _balance_presence(self.items)
+            self.items = balance_presence(self.items)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -161,24 +161,6 @@ class EasyVQA:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
-
-
-def names_what_is_shown(question: str, answer: str) -> bool:
-    """Whether a yes/no question of easy-VQA names what the picture shows: "yes" to "is there a red shape?",
-    "no" to "is there not a red shape?" or "is no red shape present?"."""
-    negated = any(word in ("not", "no") for word in question.rstrip("?").split())
-    return (answer == "yes") != negated
-
-
-def _balance_presence(items: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-    """`items` with their yes/no questions about shown things repeated (in order, cyclically) to match the
-    number about things not shown."""
-    yes_no = [item for item in items if item[1] in ("yes", "no")]
-    shown = [item for item in yes_no if names_what_is_shown(item[0], item[1])]
-    missing = len(yes_no) - 2 * len(shown)  # repeats needed: not shown minus shown
-    if not shown or missing <= 0:
-        return items
-    return items + [shown[i % len(shown)] for i in range(missing)]
 
 
 KINDS = {

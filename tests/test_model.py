@@ -156,6 +156,8 @@ def test_loss_ignores_padding_image_markers_and_text_before_the_first_image(mode
     # targets are the tokens after the image marker only
     expected = torch.nn.functional.cross_entropy(model.logits(hidden[0, first:-1]), text[0, first + 1 :])
     torch.testing.assert_close(out["loss"], expected)
+    # each example's summed token losses, for the loss by data source
+    torch.testing.assert_close(out["example_losses"], expected[None].detach() * (text.shape[1] - first - 1))
 
 
 def test_save_and_load_give_identical_logits_and_store_no_backbone(model, tmp_path):

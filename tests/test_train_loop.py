@@ -30,7 +30,7 @@ from vlm.train import trainer as trainer_module
 from vlm.train.batching import Collator, FeatureCache, TrainStep
 from vlm.train.checkpoint import CheckpointError, latest_checkpoint
 from vlm.train.distributed import init_world
-from vlm.train.metrics import read_metrics
+from vlm.train.metrics import SourceLosses, read_metrics
 from vlm.train.trainer import TooManyBadSteps, Trainer, lr_factor
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
@@ -122,6 +122,8 @@ def test_loss_falls_on_a_set_it_can_learn_by_heart(tmp_path, readable_lm, shapes
     validation = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(validation) == 2 and validation[-1] < 0.2 * losses[0]
     assert all(r["samples_per_s"] > 0 and r["lr"] == 3e-3 and 0 < r["data_wait"] < 1 for r in records if "loss" in r)
+    # one source: its mean token loss is the step's loss
+    assert all(r["loss/jsonl"] == pytest.approx(r["loss"], rel=1e-4) for r in records if "loss" in r)
     assert Image.open(tmp_path / "run" / "loss.png").size == (800, 480)
     # the final model opens with the library's own loader, and equals the last checkpoint
     assert result.final == tmp_path / "run" / "final" and not result.interrupted
@@ -139,10 +141,10 @@ def test_cached_features_give_the_loss_of_pixels(tmp_path, readable_lm, shapes):
     pixel_batch, image_batch = collate(pixels=True)(examples), collate(pixels=False)(examples)
     cache = FeatureCache(tmp_path / "features", model=trainer.model, dtype=None)
     with torch.no_grad():
-        from_pixels = TrainStep(trainer.model)(pixel_batch)
-        cold = TrainStep(trainer.model, cache)(image_batch)
+        from_pixels, _ = TrainStep(trainer.model)(pixel_batch)
+        cold, _ = TrainStep(trainer.model, cache)(image_batch)
         assert (cache.hits, cache.misses) == (0, 4)
-        warm = TrainStep(trainer.model, cache)(image_batch)
+        warm, _ = TrainStep(trainer.model, cache)(image_batch)
         assert (cache.hits, cache.misses) == (4, 4)  # the encoder did not run again
     torch.testing.assert_close(cold, from_pixels, rtol=0, atol=1e-6)
     assert torch.equal(warm, cold)
@@ -240,23 +242,49 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, reada
     assert_same_weights(resumed.final, reference.final)
 
 
+def test_the_loss_is_logged_by_source_without_its_loss_weight(tmp_path, readable_lm, shapes):
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=4, log_every=4, checkpoint_every=100)
+    recipe["data"]["sources"] = [
+        {"kind": "jsonl", "path": str(shapes), "name": "plain"},
+        {"kind": "jsonl", "path": str(shapes), "name": "weighted", "loss_weight": 20},
+    ]
+    run_recipe(tmp_path, recipe)
+    [record] = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    # 16 examples of the same captions: the two sources' token losses are alike, though one weighs 20 times more
+    assert 0.5 < record["loss/plain"] / record["loss/weighted"] < 2
+
+
+def test_source_losses_average_over_target_tokens_and_skip_what_says_nothing():
+    losses = SourceLosses(["pages", "answers"])
+    losses.add(["pages", "answers", "pages", ""], [30.0, 2.0, float("nan"), 0.0], [100, 2, 90, 0])
+    losses.add(["pages"], [10.0], [50])
+    assert losses.means(init_world("cpu")) == {"loss/pages": 40.0 / 150, "loss/answers": 1.0}
+    losses.add(["answers"], [3.0], [3])
+    assert losses.means(init_world("cpu")) == {"loss/answers": 1.0}  # reset after each call; unseen left out
+
+
 def test_non_finite_losses_are_skipped_counted_and_stop_the_run_past_the_limit(tmp_path, readable_lm, shapes, monkeypatch):
     real_loss = VisionLanguageModel.loss
     calls = []
 
     def nan_on_second_call(self, *args, **kwargs):
         calls.append(1)
-        loss = real_loss(self, *args, **kwargs)
-        return loss * float("nan") if len(calls) == 2 else loss
+        loss, example_losses = real_loss(self, *args, **kwargs)
+        return (loss * float("nan"), example_losses * float("nan")) if len(calls) == 2 else (loss, example_losses)
 
     monkeypatch.setattr(VisionLanguageModel, "loss", nan_on_second_call)
     result = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=4, checkpoint_every=100))
     assert result.step == 4 and len(calls) == 5  # 5 batches for 4 good steps
     records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert [r["bad_steps"] for r in records] == [0, 1, 1, 1]
+    assert all(math.isfinite(r["loss/jsonl"]) for r in records)  # the skipped step's losses are not logged
     assert all(torch.isfinite(t).all() for t in adapter(result.final).values())
 
-    monkeypatch.setattr(VisionLanguageModel, "loss", lambda self, *a, **k: real_loss(self, *a, **k) * float("inf"))
+    def infinite(self, *args, **kwargs):
+        loss, example_losses = real_loss(self, *args, **kwargs)
+        return loss * float("inf"), example_losses
+
+    monkeypatch.setattr(VisionLanguageModel, "loss", infinite)
     with pytest.raises(TooManyBadSteps, match="3 steps had a non-finite loss"):
         run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "bad", max_bad_steps=2))
 

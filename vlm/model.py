@@ -184,7 +184,7 @@ class VisionLanguageModel(nn.Module):
         cache=None,
         use_cache: bool = False,
     ) -> dict:
-        """input_ids (b, t) with one `<image>` per image -> {"hidden", "media", "loss"?, "cache"?}.
+        """input_ids (b, t) with one `<image>` per image -> {"hidden", "media", "loss"?, "example_losses"?, "cache"?}.
 
         Images come as `pixel_values` (b, m, [f,] 3, h, w) or an already encoded `media` state (generation,
         cached features). `images_before` (b,) counts images in earlier calls (decoding with a cache).
@@ -213,7 +213,9 @@ class VisionLanguageModel(nn.Module):
         if use_cache:
             result["cache"] = output.cache
         if labels is not None:
-            result["loss"] = self.loss(output.last_hidden_state, input_ids, labels, attention_mask, media.media_index, loss_weights)
+            result["loss"], result["example_losses"] = self.loss(
+                output.last_hidden_state, input_ids, labels, attention_mask, media.media_index, loss_weights
+            )
         return result
 
     def loss_labels(self, input_ids, labels, attention_mask=None, media_index=None) -> torch.Tensor:
@@ -227,18 +229,22 @@ class VisionLanguageModel(nn.Module):
             labels = labels.masked_fill(media_index == 0, -100)
         return labels
 
-    def loss(self, hidden, input_ids, labels, attention_mask, media_index, loss_weights=None) -> torch.Tensor:
-        """Next-token cross-entropy on target text, never on padding or image markers."""
+    def loss(self, hidden, input_ids, labels, attention_mask, media_index, loss_weights=None):
+        """Next-token cross-entropy on target text, never on padding or image markers -> (the mean over target
+        tokens, weighted by `loss_weights` per example; each example's summed token losses (b,), detached, to
+        log the loss by data source)."""
         targets = self.loss_labels(input_ids, labels, attention_mask, media_index)[:, 1:]
         selected = targets != -100  # (b, t-1)
+        example_losses = hidden.new_zeros(len(hidden), dtype=torch.float32)
         if not selected.any():
-            return hidden.sum() * 0.0  # nothing to learn from in this batch; keeps the graph valid
+            return hidden.sum() * 0.0, example_losses  # nothing to learn from in this batch; keeps the graph valid
         logits = self.logits(hidden[:, :-1][selected])  # only where there is a target: saves the vocab matmul
-        losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")
+        losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")  # (n,): one per target
+        example_losses.index_add_(0, selected.nonzero()[:, 0], losses.detach())
         if loss_weights is None:
-            return losses.mean()
+            return losses.mean(), example_losses
         weights = loss_weights[:, None].expand_as(targets)[selected].to(losses.dtype)
-        return (losses * weights).sum() / weights.sum().clamp_min(1e-8)
+        return (losses * weights).sum() / weights.sum().clamp_min(1e-8), example_losses
 
     # --- save and load ----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:

@@ -28,6 +28,8 @@ class Batch:
     attention_mask: torch.Tensor  # (b, t)
     labels: torch.Tensor  # (b, t): IGNORE_INDEX wherever the model takes no loss
     loss_weights: torch.Tensor  # (b,)
+    targets: torch.Tensor  # (b,): target tokens per example
+    sources: list[str]  # (b,): the data source of each example
     num_images: torch.Tensor  # (b,): real images per example
     target_weight: float  # sum over target tokens of their example's loss weight
     images: list[Image.Image]  # the real images in order (feature cache), or [] when pixels are given
@@ -54,17 +56,17 @@ class Collator:
         """Rows from `load` (None: a skipped example) -> one padded batch."""
         rows = [row for row in rows if row is not None]
         if not rows:  # every example was bad: one target-less token keeps the collective steps in step
-            rows = [([self.model.tokenizer.pad_token_id], [IGNORE_INDEX], [], 0.0)]
+            rows = [([self.model.tokenizer.pad_token_id], [IGNORE_INDEX], [], 0.0, "")]
         length = max(len(ids) for ids, *_ in rows)
         pad = self.model.tokenizer.pad_token_id
         input_ids = torch.tensor([ids + [pad] * (length - len(ids)) for ids, *_ in rows])
         labels = torch.tensor([lab + [IGNORE_INDEX] * (length - len(lab)) for _, lab, *_ in rows])
         attention_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids, *_ in rows])
         labels = self.model.loss_labels(input_ids, labels, attention_mask)  # what the loss will count
-        loss_weights = torch.tensor([weight for *_, weight in rows], dtype=torch.float32)
+        loss_weights = torch.tensor([weight for *_, weight, _ in rows], dtype=torch.float32)
         targets = (labels[:, 1:] != IGNORE_INDEX).sum(1)  # the model predicts token t+1 from t
-        images = [image for _, _, row_images, _ in rows for image in row_images]
-        num_images = torch.tensor([len(row_images) for _, _, row_images, _ in rows])
+        images = [image for _, _, row_images, *_ in rows for image in row_images]
+        num_images = torch.tensor([len(row_images) for _, _, row_images, *_ in rows])
         pixels = None
         if self.pixels and images:
             real = torch.arange(int(num_images.max()))[None] < num_images[:, None]  # (b, m)
@@ -76,6 +78,8 @@ class Collator:
             attention_mask=attention_mask,
             labels=labels,
             loss_weights=loss_weights,
+            targets=targets,
+            sources=[source for *_, source in rows],
             num_images=num_images,
             target_weight=float((targets * loss_weights).sum()),
             images=images,
@@ -83,7 +87,7 @@ class Collator:
         )
 
     def load(self, example: Example):
-        """One example -> (input ids, labels, images, loss weight), or None when it is skipped (counted)."""
+        """One example -> (input ids, labels, images, loss weight, source), or None when it is skipped (counted)."""
         try:
             images = example.load_images(max_pixels=self.max_pixels)
             encoded = encode(example.segments, self.model.tokenizer, max_length=self.max_length)
@@ -95,11 +99,12 @@ class Collator:
         images = images[encoded.first_image : encoded.first_image + encoded.num_images]
         if self.pixels:
             images = [self.model.vision.resize(image) for image in images]
-        return encoded.input_ids, encoded.labels, images, example.loss_weight
+        return encoded.input_ids, encoded.labels, images, example.loss_weight, example.source
 
 
 class TrainStep(nn.Module):
-    """One micro-batch -> its weighted mean loss. A module, so DDP sees the whole forward, resampler included.
+    """One micro-batch -> (its weighted mean loss, each example's summed token losses (b,), detached).
+    A module, so DDP sees the whole forward, resampler included.
 
     Images go through the frozen encoder, or come from the feature cache when there is one.
     """
@@ -112,9 +117,10 @@ class TrainStep(nn.Module):
         # + 0 x every trained parameter: a batch that reaches none of them (no image, nothing to learn) still
         # has a backward pass, with zero gradients, so each process takes part in every all-reduce
         anchor = sum(p.flatten()[0] for p in self.model.trainable_parameters().values()) * 0.0
-        return self.loss(batch) + anchor
+        output = self.output(batch)
+        return output["loss"] + anchor, output["example_losses"]
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def output(self, batch: Batch) -> dict:
         device = self.model.special_embeddings.device
         tensors = dict(
             attention_mask=batch.attention_mask.to(device),
@@ -124,13 +130,13 @@ class TrainStep(nn.Module):
         input_ids = batch.input_ids.to(device)
         if batch.pixels is not None:
             pixels = self.model.vision.normalize(batch.pixels.to(device))  # (b, m, 3, h, w)
-            return self.model(input_ids, pixel_values=pixels, **tensors)["loss"]
+            return self.model(input_ids, pixel_values=pixels, **tensors)
         if not batch.images:
-            return self.model(input_ids, **tensors)["loss"]
+            return self.model(input_ids, **tensors)
         real = torch.arange(int(batch.num_images.max()))[None] < batch.num_images[:, None]  # (b, m)
         tokens = self.features(batch.images)  # (k, n, c), in the order of real's True
         latents = self.model.resample(tokens.unsqueeze(1).to(device), real.to(device))  # (b, m, l, d)
-        return self.model(input_ids, media=MediaState(latents=latents), **tensors)["loss"]
+        return self.model(input_ids, media=MediaState(latents=latents), **tensors)
 
 
 class FeatureCache:

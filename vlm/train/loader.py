@@ -62,8 +62,8 @@ def _map_images(row, convert):
     """A row from Collator.load (None: skipped) with `convert` applied to each of its images."""
     if row is None:
         return None
-    ids, labels, images, weight = row
-    return ids, labels, [convert(image) for image in images], weight
+    ids, labels, images, *rest = row
+    return ids, labels, [convert(image) for image in images], *rest
 
 
 class StepLoader:

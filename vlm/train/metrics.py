@@ -16,6 +16,35 @@ PLOT_FILE = "loss.png"
 BLUE, ORANGE = (31, 119, 180), (255, 127, 14)
 
 
+class SourceLosses:
+    """The training loss by data source: each source's mean token loss (without its loss weight) since the last
+    `means()`. The mixture's loss is a weighted mean over all target tokens, where a source of two-token answers
+    barely shows; this shows whether it is learning."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.sums = dict.fromkeys(names, 0.0)  # summed token losses
+        self.tokens = dict.fromkeys(names, 0)  # target tokens
+
+    def add(self, sources: list[str], example_losses: list[float], targets: list[int]):
+        for source, loss, count in zip(sources, example_losses, targets):
+            # the placeholder of an all-skipped batch has no targets (nor source); a step skipped for a
+            # non-finite loss says nothing of the sources
+            if count and math.isfinite(loss):
+                self.sums[source] += loss
+                self.tokens[source] += count
+
+    def means(self, world) -> dict[str, float]:
+        """{"loss/<source>": mean token loss} over every process, for the sources seen since the last call; resets."""
+        means = {}
+        for name in self.names:  # every process reduces the same names in the same order
+            tokens = world.sum(float(self.tokens[name]))
+            if tokens:
+                means[f"loss/{name}"] = world.sum(self.sums[name]) / tokens
+        self.sums, self.tokens = dict.fromkeys(self.names, 0.0), dict.fromkeys(self.names, 0)
+        return means
+
+
 class Metrics:
     def __init__(self, output_dir: Path, *, enabled: bool, resume_step: int = 0):
         """On resume, lines past the checkpoint's step (written before a crash) are dropped: they will be redone."""

@@ -41,7 +41,7 @@ from vlm.train.distributed import (
     wrap_ddp,
 )
 from vlm.train.loader import StepLoader
-from vlm.train.metrics import Metrics
+from vlm.train.metrics import Metrics, SourceLosses
 from vlm.train.sources import build_mixture, source_shares
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -193,6 +193,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
 
         self.step, self.bad_steps, self.samples = 0, 0, 0
+        self.source_losses = SourceLosses([c.name for c in self.mixture.components])
         if resume:
             self._resume()
         self.last_checkpoint = self.step if resume and self.step else None
@@ -226,7 +227,8 @@ class Trainer:
                         loading = {"data_wait": self.waited / elapsed}
                         if self.loader.workers:  # the share of the workers' time spent loading
                             loading["workers_busy"] = (self.loader.busy - busy_before) / (elapsed * self.loader.workers)
-                        self._log_step(progress, loss=loss, grad_norm=grad_norm, samples_per_s=rate, **loading)
+                        self._log_step(progress, loss=loss, grad_norm=grad_norm, samples_per_s=rate, **loading,
+                                       **self.source_losses.means(self.world))
                     if self.evaluates and run.eval_every and self.step % run.eval_every == 0:
                         self.evaluate()
                     if self.step % run.checkpoint_every == 0:
@@ -304,9 +306,10 @@ class Trainer:
             # DDP all-reduces in the backward pass of the last micro-batch only
             sync = self.forward_loss.no_sync() if ddp and i < len(batches) - 1 else nullcontext()
             with sync, self._autocast():
-                mean = self.forward_loss(batch)
+                mean, example_losses = self.forward_loss(batch)
             self.scaler.scale(mean * batch.target_weight * world.size / total_weight).backward()
             loss_sum += mean.item() * batch.target_weight
+            self.source_losses.add(batch.sources, example_losses.tolist(), batch.targets.tolist())
         return world.sum(loss_sum) / total_weight
 
     @property
@@ -336,7 +339,7 @@ class Trainer:
             for i in range(0, len(mine), self.micro_batch):
                 batch = self.collate_validation(mine[i : i + self.micro_batch])
                 with self._autocast():
-                    loss_sum += self.step_module(batch).item() * batch.target_weight
+                    loss_sum += self.step_module(batch)[0].item() * batch.target_weight
                 weight += batch.target_weight
         self.model.train()
         return world.sum(loss_sum) / max(world.sum(weight), 1e-8)

@@ -30,7 +30,7 @@ from bench_generation import machine
 from vlm.model import build_model
 from vlm.train.batching import Collator
 from vlm.train.config import load_train_config
-from vlm.train.loader import EXAMPLES_PER_TASK, SWITCH_INTERVAL, StepLoader
+from vlm.train.loader import EXAMPLES_PER_TASK, SWITCH_INTERVAL, StepLoader, widen_result_pipe
 from vlm.train.sources import build_mixture, build_source
 
 
@@ -86,13 +86,15 @@ def _pictures_as_arrays(_):
 def crossing(workers: int, tasks: int) -> None:
     """Pictures a second that reach the trainer from workers that only make them: the cost of the crossing."""
     print(f"\nthe crossing alone: {workers} workers return {tasks} tasks of {EXAMPLES_PER_TASK} 288x512 pictures")
-    print(f"{'as':>12} {'pictures/s':>10}")
-    for name, make in (("torch tensor", _pictures_as_tensors), ("numpy array", _pictures_as_arrays)):
+    print(f"{'as':>12} {'result pipe':>11} {'pictures/s':>10}")
+    for name, make, widen in (("torch tensor", _pictures_as_tensors, False), ("numpy array", _pictures_as_arrays, False),
+                              ("numpy array", _pictures_as_arrays, True)):
         with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pipe = "1 MB" if widen and widen_result_pipe(pool) else "default"  # the trainer's loader widens it
             pool.map(make, range(workers))  # start them
             started = time.perf_counter()
             pictures = sum(len(result) for result in pool.imap(make, range(tasks)))
-            print(f"{name:>12} {pictures / (time.perf_counter() - started):10.0f}")
+            print(f"{name:>12} {pipe:>11} {pictures / (time.perf_counter() - started):10.0f}")
 
 
 def _hold_the_gil(seconds: float):

@@ -1,13 +1,15 @@
 """StepLoader with worker processes, on stand-in sources: only the loader's own behaviour is under test."""
 
+import fcntl
 import sys
 import threading
 import time
 from collections import Counter
 
+import pytest
 import torch
 
-from vlm.train.loader import SWITCH_INTERVAL, StepLoader
+from vlm.train.loader import RESULT_PIPE_BYTES, SWITCH_INTERVAL, StepLoader
 
 
 class CountingMixture:
@@ -83,3 +85,16 @@ def test_workers_shorten_the_thread_switch_interval_until_close():
     finally:
         loader.close()
     assert sys.getswitchinterval() == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are Linux's")
+def test_workers_results_cross_a_one_megabyte_pipe():
+    # a result of 4 pictures (1.8 MB) crosses in 2 reads instead of ~28, each of which takes the GIL again
+    loader = StepLoader(CountingMixture(), PictureRows(), batch_size=8, micro_batch=8,
+                        slice_of=lambda draws: draws, workers=1)
+    try:
+        assert fcntl.fcntl(loader.pool._outqueue._reader.fileno(), fcntl.F_GETPIPE_SZ) == RESULT_PIPE_BYTES
+        (ids, images), = loader.next_step()
+        assert ids == list(range(8)) and [int(image[0, 0, 0]) for image in images] == ids
+    finally:
+        loader.close()

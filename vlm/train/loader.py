@@ -6,6 +6,7 @@ decoding and resizing images, tokenising) is the costly part: with `workers`, fo
 `prefetch` steps, a few examples per task, while the current step trains.
 """
 
+import fcntl
 import multiprocessing
 import signal
 import sys
@@ -20,11 +21,16 @@ from vlm.data.mixture import Draw, Mixture
 from vlm.train.batching import Batch, Collator
 
 EXAMPLES_PER_TASK = 4  # small enough to spread one step over many workers
-# The pool's threads in this process send tasks and receive results, and need the GIL for it: while the training
-# step holds the GIL they waited up to Python's 5 ms switch interval each time. With 0.5 ms, a stand-in step that
-# holds the GIL waited for batches 0.10 of the time instead of 0.30, as little as a step that sleeps (the last
-# table of benchmarks/bench_loading.py, 1 worker on 2 cores).
+# The pool's threads in this process send tasks and receive results, and need the GIL for it: each time the
+# training step holds it they wait up to Python's switch interval (5 ms), and a result thread reading a worker's
+# result (4 pictures, 1.8 MB) through Linux's default 64 KB pipe took it again after each of ~28 reads. Two fixes,
+# measured with the last two tables of benchmarks/bench_loading.py (1 worker on 2 cores, a stand-in step that
+# holds the GIL): a 0.5 ms switch interval cut the trainer's wait for batches from 0.30-0.33 of the time to
+# 0.10-0.11; a 1 MB result pipe (two reads a result) to 0.11-0.12 even at 5 ms, and took the crossing alone
+# from 1,242-2,268 pictures/s to 2,963-4,142. Both stay: a step that holds the GIL longer than the stand-in's
+# costs each of the fewer reads at most 0.5 ms. 1 MB is the largest pipe Linux grants by default.
 SWITCH_INTERVAL = 0.0005
+RESULT_PIPE_BYTES = 1 << 20
 
 # Set in the training process before the workers fork, so they inherit the sources and the tokenizer
 # instead of receiving them pickled.
@@ -52,6 +58,15 @@ def _load(draws: list[Draw]) -> tuple[list, dict, float]:
 # from 2 workers on 2 cores (the last table of benchmarks/bench_loading.py).
 def _as_numpy(image):
     return image.numpy() if isinstance(image, torch.Tensor) else image
+
+
+def widen_result_pipe(pool) -> bool:
+    """Give a pool's result pipe RESULT_PIPE_BYTES; False where that cannot be (not Linux, a lower limit)."""
+    try:
+        fcntl.fcntl(pool._outqueue._reader.fileno(), fcntl.F_SETPIPE_SZ, RESULT_PIPE_BYTES)
+    except (AttributeError, OSError):  # F_SETPIPE_SZ is Linux's; /proc/sys/fs/pipe-max-size may be lower
+        return False
+    return True
 
 
 def _as_tensor(image):
@@ -89,6 +104,7 @@ class StepLoader:
             _WORKER_STATE = (mixture, collate)
             # fork: the workers share the parent's memory (sources, tokenizer); start them before CUDA is used
             self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_start_worker)
+            widen_result_pipe(self.pool)
 
     def next_step(self) -> list[Batch]:
         if not self.pending:

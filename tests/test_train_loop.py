@@ -122,6 +122,7 @@ def test_loss_falls_on_a_set_it_can_learn_by_heart(tmp_path, readable_lm, shapes
     validation = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(validation) == 2 and validation[-1] < 0.2 * losses[0]
     assert all(r["samples_per_s"] > 0 and r["lr"] == 3e-3 and 0 < r["data_wait"] < 1 for r in records if "loss" in r)
+    assert all(0 < r["collating"] <= r["data_wait"] for r in records if "loss" in r)  # part of the wait
     # one source: its mean token loss is the step's loss
     assert all(r["loss/jsonl"] == pytest.approx(r["loss"], rel=1e-4) for r in records if "loss" in r)
     assert Image.open(tmp_path / "run" / "loss.png").size == (800, 480)

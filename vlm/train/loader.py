@@ -87,14 +87,15 @@ class StepLoader:
     `slice_of(draws)` picks this process's share of a global batch's draws; `micro_batch` splits it.
     `state_dict()` is the mixture's state before the first step not yet returned. `busy` adds up the seconds
     workers spent loading the examples returned so far: over the workers' wall time, near 1 says the workers
-    are the limit, far below 1 with batches still late says the crossing to this process is.
+    are the limit, far below 1 with batches still late says the crossing to this process is. `collating` adds up
+    the seconds this process spent padding and stacking them into batches, the part of the wait that is its own.
     """
 
     def __init__(self, mixture: Mixture, collate: Collator, *, batch_size: int, micro_batch: int,
                  slice_of: Callable[[list], list], workers: int = 0, prefetch: int = 3):
         self.mixture, self.collate = mixture, collate
         self.batch_size, self.micro_batch, self.slice_of = batch_size, micro_batch, slice_of
-        self.prefetch, self.workers, self.busy = prefetch, workers, 0.0
+        self.prefetch, self.workers, self.busy, self.collating = prefetch, workers, 0.0, 0.0
         self.pending = deque()  # (mixture state before the step, [[task result] per micro-batch])
         self.pool = None
         self.switch_interval = sys.getswitchinterval()  # restored by close()
@@ -112,7 +113,13 @@ class StepLoader:
         _, micro_batches = self.pending.popleft()
         if self.pool:
             self._plan()  # the workers start on the next steps while this one trains
-        return [self.collate.collate(self._rows(tasks)) for tasks in micro_batches]
+        batches = []
+        for tasks in micro_batches:
+            rows = self._rows(tasks)
+            started = time.perf_counter()
+            batches.append(self.collate.collate(rows))
+            self.collating += time.perf_counter() - started
+        return batches
 
     def _rows(self, tasks) -> list:
         if not self.pool:

@@ -213,7 +213,7 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         progress = tqdm(total=self.steps, initial=self.step, disable=not self.world.is_main, dynamic_ncols=True)
         started = self.started = time.perf_counter()
-        started_step, busy_before = self.step, self.loader.busy
+        started_step, busy_before, collating_before = self.step, self.loader.busy, self.loader.collating
         self.waited = 0.0
         try:
             while self.step < self.steps and not self._out_of_time():
@@ -224,7 +224,8 @@ class Trainer:
                     if self.step % run.log_every == 0 or self.step == self.steps:
                         elapsed = time.perf_counter() - started
                         rate = (self.step - started_step) * run.batch_size / elapsed
-                        loading = {"data_wait": self.waited / elapsed}
+                        loading = {"data_wait": self.waited / elapsed,
+                                   "collating": (self.loader.collating - collating_before) / elapsed}
                         if self.loader.workers:  # the share of the workers' time spent loading
                             loading["workers_busy"] = (self.loader.busy - busy_before) / (elapsed * self.loader.workers)
                         self._log_step(progress, loss=loss, grad_norm=grad_norm, samples_per_s=rate, **loading,

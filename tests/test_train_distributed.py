@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from vlm.train.metrics import read_metrics
 from test_train_loop import adapter, one_thread, one_thread_env, readable_lm, run_recipe, shapes, tiny_recipe, write_recipe  # noqa: F401 (fixtures)
 
 
@@ -31,3 +32,9 @@ def test_two_processes_give_the_weights_of_one(tmp_path, readable_lm, shapes, on
     for key in ours:
         torch.testing.assert_close(ours[key], reference[key], rtol=0, atol=1e-5, msg=key)
     assert all(ours[k].abs().max() > 0 for k in ours if k.endswith("_gate"))  # it did train
+    # the losses logged are the global batch's, the loss by source included
+    logged = [{k: v for k, v in r.items() if k.startswith("loss")} for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    expected = [{k: v for k, v in r.items() if k.startswith("loss")} for r in read_metrics(one_process.parent / "metrics.jsonl")]
+    assert len(logged) == len(expected) == 3 and all("loss/jsonl" in r for r in logged)
+    for ours_logged, reference_logged in zip(logged, expected):
+        assert ours_logged == pytest.approx(reference_logged, rel=1e-4)

@@ -47,7 +47,7 @@ def per_source(config, collate: Collator, tokenizer, examples: int) -> None:
             row = collate.load(example)
             load.append(time.perf_counter() - made)
             make.append(made - started)
-            tokens.append(len(row[0]) if row else 0)
+            tokens.append(len(row.input_ids) if row else 0)
         print(f"{source.name:24} {1000 * statistics.mean(make):8.1f} {1000 * statistics.mean(load):8.1f} "
               f"{statistics.mean(tokens):7.0f}")
 

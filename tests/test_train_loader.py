@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
+from vlm.train.batching import Row
 from vlm.train.loader import RESULT_PIPE_BYTES, SWITCH_INTERVAL, StepLoader
 
 
@@ -35,10 +36,10 @@ class PictureRows:
     skipped = Counter()
 
     def load(self, example):
-        return [example], [example], [torch.full((3, 288, 512), example % 256, dtype=torch.uint8)], 1.0
+        return Row([example], [example], [torch.full((3, 288, 512), example % 256, dtype=torch.uint8)], 1.0, "pictures")
 
     def collate(self, rows):
-        return [ids[0] for ids, *_ in rows], [images[0] for _, _, images, _ in rows]
+        return [row.input_ids[0] for row in rows], [row.images[0] for row in rows]
 
 
 def test_close_returns_while_workers_still_send_prefetched_steps():

@@ -9,6 +9,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -20,6 +21,16 @@ from vlm.fileio import atomic_write
 from vlm.images import ImageError
 from vlm.model import MediaState, VisionLanguageModel
 from vlm.prompts import IGNORE_INDEX, encode
+
+
+class Row(NamedTuple):
+    """One loaded example, as Collator.load makes it (in a data-loading worker or here)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    images: list  # (3, h, w) uint8 tensors at the encoder's input size, or PIL images for the feature cache
+    loss_weight: float
+    source: str  # the data source's name
 
 
 @dataclass
@@ -52,21 +63,21 @@ class Collator:
     def __call__(self, examples: list[Example]) -> Batch:
         return self.collate([self.load(example) for example in examples])
 
-    def collate(self, rows: list) -> Batch:
+    def collate(self, rows: list[Row | None]) -> Batch:
         """Rows from `load` (None: a skipped example) -> one padded batch."""
         rows = [row for row in rows if row is not None]
         if not rows:  # every example was bad: one target-less token keeps the collective steps in step
-            rows = [([self.model.tokenizer.pad_token_id], [IGNORE_INDEX], [], 0.0, "")]
-        length = max(len(ids) for ids, *_ in rows)
+            rows = [Row([self.model.tokenizer.pad_token_id], [IGNORE_INDEX], [], 0.0, "")]
+        length = max(len(row.input_ids) for row in rows)
         pad = self.model.tokenizer.pad_token_id
-        input_ids = torch.tensor([ids + [pad] * (length - len(ids)) for ids, *_ in rows])
-        labels = torch.tensor([lab + [IGNORE_INDEX] * (length - len(lab)) for _, lab, *_ in rows])
-        attention_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids, *_ in rows])
+        input_ids = torch.tensor([row.input_ids + [pad] * (length - len(row.input_ids)) for row in rows])
+        labels = torch.tensor([row.labels + [IGNORE_INDEX] * (length - len(row.labels)) for row in rows])
+        attention_mask = torch.tensor([[1] * len(row.input_ids) + [0] * (length - len(row.input_ids)) for row in rows])
         labels = self.model.loss_labels(input_ids, labels, attention_mask)  # what the loss will count
-        loss_weights = torch.tensor([weight for *_, weight, _ in rows], dtype=torch.float32)
+        loss_weights = torch.tensor([row.loss_weight for row in rows], dtype=torch.float32)
         targets = (labels[:, 1:] != IGNORE_INDEX).sum(1)  # the model predicts token t+1 from t
-        images = [image for _, _, row_images, *_ in rows for image in row_images]
-        num_images = torch.tensor([len(row_images) for _, _, row_images, *_ in rows])
+        images = [image for row in rows for image in row.images]
+        num_images = torch.tensor([len(row.images) for row in rows])
         pixels = None
         if self.pixels and images:
             real = torch.arange(int(num_images.max()))[None] < num_images[:, None]  # (b, m)
@@ -79,15 +90,15 @@ class Collator:
             labels=labels,
             loss_weights=loss_weights,
             targets=targets,
-            sources=[source for *_, source in rows],
+            sources=[row.source for row in rows],
             num_images=num_images,
             target_weight=float((targets * loss_weights).sum()),
             images=images,
             pixels=pixels,
         )
 
-    def load(self, example: Example):
-        """One example -> (input ids, labels, images, loss weight, source), or None when it is skipped (counted)."""
+    def load(self, example: Example) -> Row | None:
+        """One example -> its Row, or None when it is skipped (counted)."""
         try:
             images = example.load_images(max_pixels=self.max_pixels)
             encoded = encode(example.segments, self.model.tokenizer, max_length=self.max_length)
@@ -99,7 +110,7 @@ class Collator:
         images = images[encoded.first_image : encoded.first_image + encoded.num_images]
         if self.pixels:
             images = [self.model.vision.resize(image) for image in images]
-        return encoded.input_ids, encoded.labels, images, example.loss_weight, example.source
+        return Row(encoded.input_ids, encoded.labels, images, example.loss_weight, example.source)
 
 
 class TrainStep(nn.Module):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vlm.data.mixture import Draw, Mixture
-from vlm.train.batching import Batch, Collator
+from vlm.train.batching import Batch, Collator, Row
 
 EXAMPLES_PER_TASK = 4  # small enough to spread one step over many workers
 # The pool's threads in this process send tasks and receive results, and need the GIL for it: each time the
@@ -73,12 +73,9 @@ def _as_tensor(image):
     return torch.from_numpy(image) if isinstance(image, np.ndarray) else image
 
 
-def _map_images(row, convert):
+def _map_images(row: Row | None, convert) -> Row | None:
     """A row from Collator.load (None: skipped) with `convert` applied to each of its images."""
-    if row is None:
-        return None
-    ids, labels, images, *rest = row
-    return ids, labels, [convert(image) for image in images], *rest
+    return None if row is None else row._replace(images=[convert(image) for image in row.images])
 
 
 class StepLoader:

@@ -99,3 +99,33 @@ def test_workers_results_cross_a_one_megabyte_pipe():
         assert ids == list(range(8)) and [int(image[0, 0, 0]) for image in images] == ids
     finally:
         loader.close()
+
+
+class UnevenRows:
+    """Example i loads as a row of (7 i mod 10) + 1 tokens; every fifth one is skipped (None)."""
+
+    skipped = Counter()
+
+    def load(self, example):
+        return None if example % 5 == 4 else Row([example] * ((7 * example) % 10 + 1), [], [], 1.0, "uneven")
+
+    def collate(self, rows):
+        return [row.input_ids[0] if row else None for row in rows]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_micro_batches_are_cut_from_the_step_sorted_by_length(workers):
+    # padding each micro-batch to its own longest row computes fewer pad tokens; the step's examples stay the same
+    loader = StepLoader(CountingMixture(), UnevenRows(), batch_size=12, micro_batch=4,
+                        slice_of=lambda draws: draws, workers=workers)
+    try:
+        for step in range(2):
+            micro_batches = loader.next_step()
+            drawn = range(12 * step, 12 * (step + 1))
+            assert [len(ids) for ids in micro_batches] == [4, 4, 4]
+            ids = [i for part in micro_batches for i in part]
+            assert sorted(i for i in ids if i is not None) == [i for i in drawn if i % 5 != 4]
+            lengths = [(7 * i) % 10 + 1 if i is not None else 0 for i in ids]
+            assert lengths == sorted(lengths, reverse=True)  # skipped rows last
+    finally:
+        loader.close()

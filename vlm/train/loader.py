@@ -78,10 +78,23 @@ def _map_images(row: Row | None, convert) -> Row | None:
     return None if row is None else row._replace(images=[convert(image) for image in row.images])
 
 
+def by_length(rows: list[Row | None], size: int) -> list[list[Row | None]]:
+    """A step's rows -> micro-batches of `size`, longest rows first (skipped ones, None, last).
+
+    Each micro-batch is padded to its own longest row, and one step mixes pages of ~110 tokens with answers of
+    a few: in the order drawn, 49% of the tokens a batch of 8 computes are real, 71% when its two micro-batches
+    are cut from the rows sorted by length (configs/default-stage.yaml). The gradient is the same either way:
+    the trainer weighs each micro-batch by its share of the step's targets.
+    """
+    rows = sorted(rows, key=lambda row: -len(row.input_ids) if row else 0)
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
 class StepLoader:
     """`next_step()` -> this process's micro-batches of the next optimiser step.
 
-    `slice_of(draws)` picks this process's share of a global batch's draws; `micro_batch` splits it.
+    `slice_of(draws)` picks this process's share of a global batch's draws; `micro_batch` splits it, longest
+    examples first (see `by_length`).
     `state_dict()` is the mixture's state before the first step not yet returned. `busy` adds up the seconds
     workers spent loading the examples returned so far: over the workers' wall time, near 1 says the workers
     are the limit, far below 1 with batches still late says the crossing to this process is. `collating` adds up
@@ -93,7 +106,7 @@ class StepLoader:
         self.mixture, self.collate = mixture, collate
         self.batch_size, self.micro_batch, self.slice_of = batch_size, micro_batch, slice_of
         self.prefetch, self.workers, self.busy, self.collating = prefetch, workers, 0.0, 0.0
-        self.pending = deque()  # (mixture state before the step, [[task result] per micro-batch])
+        self.pending = deque()  # (mixture state before the step, its draws or, with workers, its task results)
         self.pool = None
         self.switch_interval = sys.getswitchinterval()  # restored by close()
         if workers:
@@ -107,15 +120,13 @@ class StepLoader:
     def next_step(self) -> list[Batch]:
         if not self.pending:
             self._plan()
-        _, micro_batches = self.pending.popleft()
+        _, tasks = self.pending.popleft()
         if self.pool:
             self._plan()  # the workers start on the next steps while this one trains
-        batches = []
-        for tasks in micro_batches:
-            rows = self._rows(tasks)
-            started = time.perf_counter()
-            batches.append(self.collate.collate(rows))
-            self.collating += time.perf_counter() - started
+        rows = self._rows(tasks)
+        started = time.perf_counter()
+        batches = [self.collate.collate(part) for part in by_length(rows, self.micro_batch)]
+        self.collating += time.perf_counter() - started
         return batches
 
     def _rows(self, tasks) -> list:
@@ -133,15 +144,11 @@ class StepLoader:
         """Draw the next steps (up to `prefetch` ahead) and hand their loading to the workers."""
         while len(self.pending) < (self.prefetch if self.pool else 1):
             state = self.mixture.state_dict()
-            mine = self.slice_of([self.mixture.draw() for _ in range(self.batch_size)])
-            micro_batches = [mine[i : i + self.micro_batch] for i in range(0, len(mine), self.micro_batch)]
+            tasks = self.slice_of([self.mixture.draw() for _ in range(self.batch_size)])
             if self.pool:
-                micro_batches = [
-                    [self.pool.apply_async(_load, (draws[i : i + EXAMPLES_PER_TASK],))
-                     for i in range(0, len(draws), EXAMPLES_PER_TASK)]
-                    for draws in micro_batches
-                ]
-            self.pending.append((state, micro_batches))
+                tasks = [self.pool.apply_async(_load, (tasks[i : i + EXAMPLES_PER_TASK],))
+                         for i in range(0, len(tasks), EXAMPLES_PER_TASK)]
+            self.pending.append((state, tasks))
 
     def state_dict(self) -> dict:
         return self.pending[0][0] if self.pending else self.mixture.state_dict()
@@ -154,10 +161,9 @@ class StepLoader:
         if self.pool is not None:
             # A worker blocked writing a large result holds the result queue's lock, and Pool.terminate needs
             # that lock: with results of prefetched steps unread it waited forever. Read them first.
-            for _, micro_batches in self.pending:
-                for tasks in micro_batches:
-                    for task in tasks:
-                        task.wait()
+            for _, tasks in self.pending:
+                for task in tasks:
+                    task.wait()
             self.pool.terminate()
             self.pool = None
             sys.setswitchinterval(self.switch_interval)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vlm.config import ModelConfig
-from vlm.model import VisionLanguageModel, build_model
+from vlm.model import VisionLanguageModel, build_model, distinct_rows
 
 VISION = {
     "open_clip": dict(vision="open_clip:vlm-tiny-vit", image_size=None),
@@ -116,6 +116,29 @@ def test_a_batch_mixing_0_1_and_3_images_matches_each_sample_alone(model):
     for i, (row, n) in enumerate(zip(rows, counts)):
         alone = logits(model, row[None], images_for(model, n, seed=10 + i) if n else None)
         torch.testing.assert_close(together[i, : len(row)], alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_distinct_rows_merges_only_equal_rows():
+    rows = torch.tensor([[1, 2], [3, 4], [1, 2], [2, 1], [3, 4]])  # [2, 1] has the sum of [1, 2]: compared in full
+    distinct, copies = distinct_rows(rows)
+    assert distinct.tolist() == [[1, 2], [3, 4], [2, 1]] and copies.tolist() == [0, 1, 0, 2, 1]
+    assert torch.equal(distinct[copies], rows)
+    distinct, copies = distinct_rows(rows[:2])
+    assert copies is None and torch.equal(distinct, rows[:2])
+
+
+def test_a_picture_given_several_times_is_encoded_once_with_the_same_latents(model):
+    seen = []
+    model.vision.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    a, b = images_for(model, 2)[0]
+    pixel_values = torch.stack([torch.stack([a, b]), torch.stack([b, torch.zeros_like(a)]), torch.stack([a, a])])
+    with torch.no_grad():
+        latents = model.encode_images(pixel_values, torch.tensor([2, 1, 2]))  # (3, 2, l, d)
+        alone = [model.encode_images(image[None, None], torch.tensor([1]))[0, 0] for image in (a, b)]
+    assert seen[0] == 2  # 5 real pictures, 2 distinct
+    for row, column, image in [(0, 0, 0), (0, 1, 1), (1, 0, 1), (2, 0, 0), (2, 1, 0)]:
+        torch.testing.assert_close(latents[row, column], alone[image], atol=1e-5, rtol=1e-5)
+    assert not latents[1, 1].any()  # padding
 
 
 def test_an_optimiser_step_changes_only_the_adapters(model):

@@ -13,6 +13,7 @@ from vlm.data import Example
 from vlm.data.easy_vqa import names_what_is_shown
 from vlm.data.mixture import Component, Mixture
 from vlm.prompts import IMAGE_TOKEN, SPECIAL_TOKENS, encode, vqa
+from vlm.sketch import describe, generate_page
 from vlm.train import cli, load_train_config, trainer
 from vlm.train.config import SourceConfig
 from vlm.train.metrics import plot_losses
@@ -124,6 +125,24 @@ def test_sketch_pages_are_deterministic_and_cover_every_task():
     assert prompts == {"HTML", "Question", "Output"}
     with pytest.raises(ConfigError, match="browser"):
         SketchPages(pages=3, seed=0, vocabulary="full", styles=["browser"], tasks=None, image_size=None)
+
+
+def test_sketch_chat_is_a_conversation_in_the_lms_chat_template():
+    source = SketchPages(pages=40, seed=5, styles=["wireframe"], image_size=[64, 96], tasks={"chat": 1},
+                         tokenizer=tiny_tokenizer())
+    turns = []
+    for i in range(40):
+        segments = source[i].segments
+        text = "".join(s.text for s in segments)
+        assert text.startswith(f"<|im_start|>user\n{IMAGE_TOKEN}") and text.count(IMAGE_TOKEN) == 1
+        answers = [s.text for s in segments if s.target]  # each assistant turn, closed by <|im_end|>
+        assert len(answers) == text.count("<|im_start|>assistant") and all(a.endswith("<|im_end|>\n") for a in answers)
+        turns.append(len(answers))
+        if "Describe this page." in text:
+            assert f"{describe(generate_page(5 + i))}<|im_end|>\n" in answers
+    assert set(turns) == {1, 2, 3}
+    shown = [source[i].images[0].tobytes() for i in range(2)]
+    assert shown == [source[i].images[0].tobytes() for i in range(2)]  # fixed by the page's seed
 
 
 def test_pix2code_holds_out_its_last_tenth():

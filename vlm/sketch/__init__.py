@@ -14,7 +14,7 @@ from .html import PAGE_MAPPING, Mapping, compile_html, fill_texts, html_to_tree
 from .layout import layout
 from .metrics import score_trees, tree_edit_distance, visual_scores
 from .pix2code import pix2code_mapping, pix2code_split, read_pix2code
-from .questions import describe, page_questions
+from .questions import describe, page_chat, page_questions
 from .render import STYLES, render
 
 __all__ = [
@@ -22,5 +22,5 @@ __all__ = [
     "Sample", "evaluate_sketch2html", "load_samples", "write_generated_set",
     "Page", "generate_page", "make_page", "PAGE_MAPPING", "Mapping", "compile_html", "fill_texts",
     "html_to_tree", "layout", "score_trees", "tree_edit_distance", "visual_scores",
-    "pix2code_mapping", "pix2code_split", "read_pix2code", "describe", "page_questions", "STYLES", "render",
+    "pix2code_mapping", "pix2code_split", "read_pix2code", "describe", "page_chat", "page_questions", "STYLES", "render",
 ]

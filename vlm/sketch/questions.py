@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from vlm.prompts import IMAGE_TOKEN
+
 from .dsl import TOKENS, Node
 from .generate import Page
 
@@ -103,3 +105,16 @@ def page_questions(page: Page, rng: random.Random, *, n: int = 5) -> list[tuple[
         if active and active[0] < len(ORDINALS):
             candidates.append(("Which navigation button is active?", ORDINALS[active[0]]))
     return rng.sample(candidates, min(n, len(candidates)))
+
+
+def page_chat(page: Page, rng: random.Random, *, turns: int) -> list[dict]:
+    """A conversation about the page: the user shows it and asks, the assistant answers, `turns` times.
+
+    The questions are page_questions' and "Describe this page."; the picture comes with the first question.
+    """
+    asked = page_questions(page, rng, n=turns) + [("Describe this page.", describe(page))]
+    messages = []
+    for i, (question, answer) in enumerate(rng.sample(asked, min(turns, len(asked)))):
+        messages += [{"role": "user", "content": (IMAGE_TOKEN if i == 0 else "") + question},
+                     {"role": "assistant", "content": answer}]
+    return messages

@@ -20,11 +20,11 @@ from vlm.data.easy_vqa import SPLITS, balance_presence, read_easy_vqa
 from vlm.data.jsonl import JsonlSource
 from vlm.data.mixture import Component, Mixture
 from vlm.data.webdataset import WebDatasetSource, expand_shards
-from vlm.prompts import IGNORE_INDEX, caption, encode, sketch_to_html, vqa
+from vlm.prompts import IGNORE_INDEX, caption, encode, render_chat, sketch_to_html, vqa
 from vlm.sketch.dsl import to_dsl
 from vlm.sketch.generate import generate_page
 from vlm.sketch.pix2code import pix2code_split
-from vlm.sketch.questions import describe, page_questions
+from vlm.sketch.questions import describe, page_chat, page_questions
 from vlm.sketch.render import STYLES, render
 from vlm.train.config import SourceConfig
 
@@ -65,15 +65,18 @@ class SketchPages:
     Drawn at `image_size` ([height, width]; default: the style's own size).
 
     Each page is drawn in one of `styles` and becomes one task, picked by weight from `tasks`: "html" (the
-    picture to its page DSL, the sketch-to-HTML target), "question" (a question read off the page's tree)
-    or "caption" (a one-sentence description). Everything is fixed by the page's seed.
+    picture to its page DSL, the sketch-to-HTML target), "question" (a question read off the page's tree),
+    "caption" (a one-sentence description) or "chat" (1 to `CHAT_TURNS` of those questions and "Describe this
+    page." as a conversation in the LM's chat template, the format of `vlm.load().chat` and the demo's chat).
+    Everything is fixed by the page's seed.
     """
 
-    TASKS = ("html", "question", "caption")
+    TASKS = ("html", "question", "caption", "chat")
+    CHAT_TURNS = 3
 
     def __init__(self, *, pages: int = 10_000, seed: int = 0, vocabulary: str = "full",
                  styles: list[str] = ("sketch", "wireframe", "pix2code"), tasks: dict | None = None,
-                 image_size: list[int] | None = None):
+                 image_size: list[int] | None = None, tokenizer=None):
         if isinstance(pages, bool) or not isinstance(pages, int) or pages < 1:
             raise ConfigError(f"sketch pages must be a positive integer, got {pages!r}")
         if vocabulary not in ("full", "pix2code"):
@@ -87,7 +90,7 @@ class SketchPages:
         if not tasks or any(task not in self.TASKS or not weight > 0 for task, weight in tasks.items()):
             raise ConfigError(f"sketch tasks must map some of {list(self.TASKS)} to weights > 0, got {tasks!r}")
         self.pages, self.seed, self.vocabulary = pages, seed, vocabulary
-        self.styles, self.tasks = list(styles), tasks
+        self.styles, self.tasks, self.tokenizer = list(styles), tasks, tokenizer
         self.size = tuple(reversed(image_size)) if image_size else None  # config: [height, width]; PIL: (w, h)
 
     def __len__(self) -> int:
@@ -104,6 +107,9 @@ class SketchPages:
             segments = sketch_to_html(page.dsl)
         elif task == "question":
             segments = vqa(*page_questions(page, rng, n=1)[0])
+        elif task == "chat":
+            chat = page_chat(page, rng, turns=rng.randint(1, self.CHAT_TURNS))
+            segments = render_chat(chat, self.tokenizer, add_generation_prompt=False)
         else:
             segments = caption(describe(page))
         return Example(segments, [image])

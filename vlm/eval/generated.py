@@ -4,7 +4,7 @@
     write_easy_vqa("eval-sets/easy-vqa", split="test")  # images/, questions.json, annotations.json
 
 Page seeds run from HELD_OUT_SEED up. The training recipes (configs/*.yaml) draw their pages from seeds
-0, 1_000_000, 10_000_000 and 20_000_000 up, at most 50_000 pages each, so no page evaluated here was
+0, 1_000_000, 10_000_000, 20_000_000 and 30_000_000 up, at most 50_000 pages each, so no page evaluated here was
 seen in training. Captions and questions are read off each page's tree, as in training
 (vlm.sketch.questions), and asked about the page in every style it is drawn in.
 """

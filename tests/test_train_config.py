@@ -130,7 +130,7 @@ def test_sketch_pages_are_deterministic_and_cover_every_task():
 def test_sketch_chat_is_a_conversation_in_the_lms_chat_template():
     source = SketchPages(pages=40, seed=5, styles=["wireframe"], image_size=[64, 96], tasks={"chat": 1},
                          tokenizer=tiny_tokenizer())
-    turns = []
+    turns, described = [], 0
     for i in range(40):
         segments = source[i].segments
         text = "".join(s.text for s in segments)
@@ -140,9 +140,10 @@ def test_sketch_chat_is_a_conversation_in_the_lms_chat_template():
         turns.append(len(answers))
         if "Describe this page." in text:
             assert f"{describe(generate_page(5 + i))}<|im_end|>\n" in answers
-    assert set(turns) == {1, 2, 3}
-    shown = [source[i].images[0].tobytes() for i in range(2)]
-    assert shown == [source[i].images[0].tobytes() for i in range(2)]  # fixed by the page's seed
+            described += 1
+    assert set(turns) == {1, 2, 3} and described > 0
+    again = source[3]  # fixed by the page's seed
+    assert again.segments == source[3].segments and again.images[0].tobytes() == source[3].images[0].tobytes()
 
 
 def test_pix2code_holds_out_its_last_tenth():

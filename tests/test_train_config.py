@@ -96,7 +96,7 @@ def test_the_command_reports_a_typo_before_loading_any_weights(tmp_path, recipe,
     assert "unknown config key 'model.resampler_dept'; did you mean 'resampler_depth'?" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "default.yaml", "default-stage.yaml", "default-chat-stage.yaml", "default-question-stage.yaml", "gpu-vit-l14-1b.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "default.yaml", "default-stage.yaml", "default-chat-stage.yaml", "gpu-vit-l14-1b.yaml"])
 def test_the_shipped_configs_are_valid(name, tmp_path, monkeypatch):
     # Their data paths are relative to the repository root, with pix2code's set beside the checkout
     # (../shared): an empty stand-in there, so the test does not depend on where the checkout lives.

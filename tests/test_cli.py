@@ -25,7 +25,7 @@ from tiny_backbones import save_tiny_lm
 from vlm.cli import RENDER_SIZE, main
 from vlm.config import ModelConfig
 from vlm.model import build_model
-from vlm.sketch import chromium_missing, write_generated_set
+from vlm.sketch import chromium_missing, load_samples, write_generated_set
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "demos" / "examples"
@@ -228,7 +228,13 @@ def test_eval_sketch2html_scores_generated_samples(tiny_model, tmp_path, capsys)
                          *FAST, "--json")
     assert code == 0, err
     (scores,) = json_lines(out)
+    elements = scores.pop("elements")
     assert scores["samples"] == 2 and all(0 <= v <= 1 for k, v in scores.items() if k != "samples")
+    # every reference element is counted once, under its own token
+    assert sum(e["reference"] for e in elements.values()) == sum(len(s.tree) for s in load_samples(tmp_path / "samples"))
+    code, out, err = run(capsys, "eval", "sketch2html", "--data", tmp_path / "samples", "--model", tiny_model, *FAST)
+    assert code == 0, err
+    assert out.split("\n\n")[1].split()[:5] == ["element", "in", "refs", "written", "precision"]
 
 
 # --- errors: one line on stderr, exit status 2 ---------------------------------------------------

@@ -17,7 +17,7 @@ from vlm.sketch import (
 )
 from vlm.sketch.browser import Block
 from vlm.sketch.dsl import Node
-from vlm.sketch.metrics import TREE_METRICS, block_scores, colour_similarity
+from vlm.sketch.metrics import TREE_METRICS, block_scores, colour_similarity, element_table
 
 GRADED = ("element_f1", "tree_similarity", "element_recall")
 
@@ -77,6 +77,19 @@ def test_a_wrong_colour_keeps_the_structure():
     assert header["exact_but_colour"] == 0.0  # which header button is active is not a colour
     assert scores["element_f1"] == pytest.approx(8 / 9)
     assert scores["tree_similarity"] == pytest.approx(1 - 1 / 9)
+
+
+def test_element_table_counts_what_each_page_misses_and_makes_up():
+    ref = parse_dsl("row { double { form { checkbox , input , btn-red } } double { text } }")
+    pred = parse_dsl("row { double { text , btn-red } double { text } }")  # the form read as text
+    table = element_table([(pred, ref), (ref, ref)])
+    assert table["form"] == {"reference": 2, "predicted": 1, "matched": 1, "precision": 1.0, "recall": 0.5}
+    assert table["text"] == {"reference": 2, "predicted": 3, "matched": 2, "precision": 2 / 3, "recall": 1.0}
+    assert table["btn-red"]["recall"] == 1.0 and table["checkbox"]["recall"] == 0.5
+    assert list(table)[:2] == ["double", "text"]  # most common in the references first, then most written
+    # summed over tokens, the matches are element_scores' hits
+    hits = sum(e["matched"] for e in table.values())
+    assert hits == sum(score_trees(p, r)["element_recall"] * len(r) for p, r in [(pred, ref), (ref, ref)])
 
 
 def test_tree_edit_distance_on_known_cases():

@@ -370,8 +370,12 @@ def eval_sketch2html(args):
                                   batch_size=args.batch_size, visual=args.visual)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1))
-    scores = report["aggregate"]
-    emit(args, scores, "\n".join(f"{name:<20} {value:10.4f}" for name, value in scores.items()))
+    scores, elements = report["aggregate"], report["elements"]
+    table = [f"{'element':<14} {'in refs':>8} {'written':>8} {'precision':>10} {'recall':>8}"]
+    table += [f"{token:<14} {e['reference']:>8} {e['predicted']:>8} {e['precision']:>10.3f} {e['recall']:>8.3f}"
+              for token, e in elements.items()]
+    emit(args, {**scores, "elements": elements},
+         "\n".join([*(f"{name:<20} {value:10.4f}" for name, value in scores.items()), "", *table]))
 
 
 def eval_write_sets(args):

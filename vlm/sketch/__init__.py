@@ -12,7 +12,7 @@ from .evaluate import Sample, evaluate_sketch2html, load_samples, write_generate
 from .generate import Page, generate_page, make_page
 from .html import PAGE_MAPPING, Mapping, compile_html, fill_texts, html_to_tree
 from .layout import layout
-from .metrics import score_trees, tree_edit_distance, visual_scores
+from .metrics import element_table, score_trees, tree_edit_distance, visual_scores
 from .pix2code import pix2code_mapping, pix2code_split, read_pix2code
 from .questions import describe, page_chat, page_questions
 from .render import STYLES, render
@@ -21,6 +21,6 @@ __all__ = [
     "Chromium", "chromium_missing", "Node", "dsl_tokens", "parse_dsl", "to_dsl", "to_gui",
     "Sample", "evaluate_sketch2html", "load_samples", "write_generated_set",
     "Page", "generate_page", "make_page", "PAGE_MAPPING", "Mapping", "compile_html", "fill_texts",
-    "html_to_tree", "layout", "score_trees", "tree_edit_distance", "visual_scores",
+    "html_to_tree", "layout", "element_table", "score_trees", "tree_edit_distance", "visual_scores",
     "pix2code_mapping", "pix2code_split", "read_pix2code", "describe", "page_chat", "page_questions", "STYLES", "render",
 ]

@@ -18,7 +18,7 @@ from .browser import Chromium, chromium_missing
 from .dsl import Node, parse_dsl, to_dsl, to_gui
 from .generate import generate_page
 from .html import PAGE_MAPPING, Mapping, compile_html, html_to_tree
-from .metrics import aggregate, score_trees, visual_scores
+from .metrics import aggregate, element_table, score_trees, visual_scores
 from .render import STYLES, render
 
 
@@ -68,11 +68,12 @@ def evaluate_sketch2html(predict: Callable[[list[Image.Image]], list[str]], samp
 
     `predict` takes a batch of images and returns one HTML string each. Predictions are read
     back to page trees with `mappings` (add pix2code's to read Bootstrap output); `visual`
-    adds the rendered-block scores and needs Chromium. Returns {"aggregate": means, "samples": [...]}.
+    adds the rendered-block scores and needs Chromium. Returns {"aggregate": means, "samples": [...],
+    "elements": element_table's counts and scores per element token}.
     """
     if visual and chromium_missing():
         raise RuntimeError(f"visual scores need headless Chromium: {chromium_missing()}")
-    results = []
+    results, trees = [], []
     with Chromium() if visual else nullcontext() as browser:
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
@@ -82,12 +83,14 @@ def evaluate_sketch2html(predict: Callable[[list[Image.Image]], list[str]], samp
             for sample, output in zip(batch, outputs):
                 html = output if isinstance(output, str) else ""
                 tree = html_to_tree(html, mapping=list(mappings))
+                trees.append((tree, sample.tree))
                 scores = {"name": sample.name, **score_trees(tree, sample.tree),
                           "prediction": to_dsl(tree), "reference": to_dsl(sample.tree)}
                 if visual:
                     scores.update(visual_scores(browser, html, sample.html))
                 results.append(scores)
-    return {"aggregate": {"samples": len(results), **aggregate(results)}, "samples": results}
+    return {"aggregate": {"samples": len(results), **aggregate(results)}, "samples": results,
+            "elements": element_table(trees)}
 
 
 def write_generated_set(out_dir: str | Path, n: int, seed: int, styles: Sequence[str] = ("sketch",), *,

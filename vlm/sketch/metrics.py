@@ -6,6 +6,7 @@ Tree metrics, each in [0, 1] (definitions in README.md, "Sketch to HTML"):
 - structure_match: the same layout: same containers nested the same way with the same number
   of elements in each, whatever the elements are.
 - element_precision / element_recall / element_f1: over the multisets of element tokens.
+  element_table breaks them down by token over a whole set: which elements a model misses or makes up.
 - tree_similarity: 1 - ZhangShasha(pred, ref) / max(|pred|, |ref|), unit costs, clipped at 0.
 - token_accuracy: canonical DSL tokens equal position by position, over the reference's length.
 
@@ -19,6 +20,7 @@ visual is their mean.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 from .browser import Block, Chromium
 from .dsl import TOKENS, Node, dsl_tokens, is_container, to_dsl
@@ -38,10 +40,14 @@ def _colourless(node: Node):
     return token, tuple(_colourless(c) for c in node.children)
 
 
+def _elements(tree: Node) -> Counter:
+    """The multiset of a page's element tokens, the root not counted."""
+    return Counter(n.token for n in tree.walk() if n is not tree)
+
+
 def element_scores(pred: Node, ref: Node) -> tuple[float, float, float]:
     """Precision, recall and F1 of the element tokens, as multisets (the root not counted)."""
-    p = Counter(n.token for n in pred.walk() if n is not pred)
-    r = Counter(n.token for n in ref.walk() if n is not ref)
+    p, r = _elements(pred), _elements(ref)
     if not p and not r:
         return 1.0, 1.0, 1.0
     hits = sum((p & r).values())
@@ -49,6 +55,23 @@ def element_scores(pred: Node, ref: Node) -> tuple[float, float, float]:
     recall = hits / sum(r.values()) if r else 0.0
     f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
     return precision, recall, f1
+
+
+def element_table(pairs: Iterable[tuple[Node, Node]]) -> dict[str, dict[str, float]]:
+    """Per element token over (prediction, reference) pairs: `reference` (how many the references hold),
+    `predicted` (how many the predictions write), `matched` (how many of those the same page's reference holds:
+    the overlap element_scores counts) and the token's `precision` and `recall`; most common in the references first.
+    """
+    reference, predicted, matched = Counter(), Counter(), Counter()
+    for pred, ref in pairs:
+        p, r = _elements(pred), _elements(ref)
+        predicted.update(p)
+        reference.update(r)
+        matched.update(p & r)
+    tokens = sorted(reference.keys() | predicted.keys(), key=lambda t: (-reference[t], -predicted[t], t))
+    return {t: {"reference": reference[t], "predicted": predicted[t], "matched": matched[t],
+                "precision": matched[t] / predicted[t] if predicted[t] else 0.0,
+                "recall": matched[t] / reference[t] if reference[t] else 0.0} for t in tokens}
 
 
 def _postorder(root: Node) -> tuple[list[str], list[int], list[int]]:

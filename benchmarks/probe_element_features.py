@@ -66,12 +66,12 @@ def elements(vision, seeds) -> tuple[dict[str, list[torch.Tensor]], list[str], d
     return features, tokens, {name: list(counts.values()) for name, counts in cells.items()}
 
 
-def linear_probe(train_x, train_y, test_x, classes: int, weight_decay: float) -> torch.Tensor:
-    """Fit on (train_x, train_y) with L-BFGS; the predicted classes of test_x."""
+def linear_probe(train_x, train_y, test_x, classes: int, *, weight_decay: float, max_iter: int = 300) -> torch.Tensor:
+    """Fit a linear classifier on standardised (train_x, train_y) with L-BFGS; the predicted classes of test_x."""
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     classifier = torch.nn.Linear(train_x.shape[1], classes)
-    optimiser = torch.optim.LBFGS(classifier.parameters(), max_iter=300)
+    optimiser = torch.optim.LBFGS(classifier.parameters(), max_iter=max_iter)
 
     def closure():
         optimiser.zero_grad()
@@ -112,7 +112,7 @@ def main():
     for column, name in columns.items():
         fit = torch.stack(train_x[name]) if name else torch.cat([torch.stack(v) for v in train_x.values()], 1)
         test = torch.stack(test_x[name]) if name else torch.cat([torch.stack(v) for v in test_x.values()], 1)
-        predictions[f"{column} ({fit.shape[1]})"] = linear_probe(fit, train_y, test, len(names), args.weight_decay)
+        predictions[f"{column} ({fit.shape[1]})"] = linear_probe(fit, train_y, test, len(names), weight_decay=args.weight_decay)
 
     print(f"model: {args.model or 'shipped'}  input {vision.image_size[0]}x{vision.image_size[1]}  "
           f"{len(train_y)} elements of {args.train_pages} pages fit, {len(test_y)} of {args.test_pages} tested")

@@ -19,7 +19,7 @@ import time
 
 import torch
 from einops import rearrange
-from torch.nn import functional as F
+from probe_element_features import linear_probe  # benchmarks/ is on the path when a script here runs
 
 import vlm
 from vlm.sketch import pix2code_split
@@ -38,23 +38,6 @@ def cell_colours(pixels: torch.Tensor, grid: tuple[int, int]) -> list[tuple[int,
         counts = rearrange(near.float(), "(r i) (c j) -> (r c) (i j)", r=rows, c=cols).sum(-1)  # (cells,)
         labelled += [(cell, index) for cell in torch.nonzero(counts >= MIN_PIXELS).flatten().tolist()]
     return labelled
-
-
-def linear_probe(train_x, train_y, test_x, test_y) -> float:
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    classifier = torch.nn.Linear(train_x.shape[1], len(BUTTON_COLOURS))
-    optimiser = torch.optim.LBFGS(classifier.parameters(), max_iter=500)
-
-    def closure():
-        optimiser.zero_grad()
-        loss = F.cross_entropy(classifier(train_x), train_y) + 1e-3 * classifier.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    with torch.no_grad():
-        return (classifier(test_x).argmax(1) == test_y).float().mean().item()
 
 
 def favourite_cells(model, pixels: torch.Tensor) -> list[torch.Tensor]:
@@ -100,7 +83,8 @@ def main():
 
     train_x, train_y, _ = features_and_labels(train[: args.train_pages])
     test_x, test_y, pixels = features_and_labels(validation)
-    accuracy = linear_probe(train_x, train_y, test_x, test_y)
+    predicted = linear_probe(train_x, train_y, test_x, len(BUTTON_COLOURS), weight_decay=1e-3, max_iter=500)
+    accuracy = (predicted == test_y).float().mean().item()
     print(f"model: {args.model or 'the shipped default'}; {args.train_pages} training pages, "
           f"{len(validation)} validation pages")
     print(f"\nbutton colour of a cell from the frozen encoder's features (linear probe; chance {1 / len(BUTTON_COLOURS):.2f})")

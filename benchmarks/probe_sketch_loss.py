@@ -61,11 +61,14 @@ def main():
     if args.limit < 1:
         parser.error("--limit must be at least 1")
 
-    if args.split:
-        train, validation = pix2code_split(args.data)
-        samples = train if args.split == "train" else validation
-    else:
-        samples = load_samples(args.data)
+    try:
+        if args.split:
+            train, validation = pix2code_split(args.data)
+            samples = train if args.split == "train" else validation
+        else:
+            samples = load_samples(args.data)
+    except ValueError as error:  # no such folder, no samples in it, an unreadable .gui
+        parser.error(str(error))
     samples = samples[: args.limit]
     model = vlm.load(args.model, dtype=args.dtype)
     started = time.perf_counter()

@@ -1,6 +1,7 @@
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from vlm.sketch import (
@@ -17,7 +18,9 @@ from vlm.sketch import (
     write_generated_set,
 )
 from vlm.sketch.dsl import PIX2CODE_TOKENS, TOKENS
+from vlm.sketch.browser import CSS_WIDTH
 from vlm.sketch.layout import layout
+from vlm.sketch.render import COLOURS, DEFAULT_SIZE, placement
 
 PIL_STYLES = ("sketch", "wireframe", "pix2code")
 
@@ -73,6 +76,34 @@ def test_layout_places_every_element_inside_the_page():
         assert [b.token for b in boxes.boxes] == [n.token for n in page.tree.walk()][1:]
         for box in boxes.boxes:
             assert 0 <= box.x and box.x + box.w <= boxes.width + 0.01 and 0 <= box.y <= boxes.height, box
+
+
+def test_placement_says_where_render_draws_each_box():
+    # each button's box, placed as its style says, holds the button's colour; placed as another style says,
+    # some box misses its button (the sketch's fills are hatched and tilted, so less of its box is coloured)
+    def colour_shares(style: str, placed_as: str) -> list[float]:
+        shares = []
+        for seed in range(20):
+            page = generate_page(seed)
+            boxes = layout(page.tree, page.texts, width=CSS_WIDTH)
+            width, height = DEFAULT_SIZE[style]
+            pixels = np.asarray(render(page, style=style)).astype(int)
+            scale, left, top = placement(boxes, placed_as, (width, height))
+            for box in boxes.boxes:
+                if TOKENS[box.token].get("name") == "button" and top + (box.y + box.h) * scale <= height:
+                    x0, y0 = int(left + box.x * scale), int(top + box.y * scale)
+                    x1, y1 = int(left + (box.x + box.w) * scale), int(top + (box.y + box.h) * scale)
+                    near = np.abs(pixels[y0:y1, x0:x1] - COLOURS[TOKENS[box.token]["colour"]]).sum(-1) < 100
+                    shares.append(near.mean())
+        return shares
+
+    for style, least in (("wireframe", 0.5), ("pix2code", 0.5), ("sketch", 0.02)):
+        own = colour_shares(style, style)
+        assert len(own) > 20 and min(own) > least, (style, min(own))
+        for other in set(PIL_STYLES) - {style}:
+            assert min(colour_shares(style, other)) < least, (style, other)
+    with pytest.raises(ValueError, match="not 'browser'"):
+        placement(layout(generate_page(0).tree, generate_page(0).texts), "browser", (800, 600))
 
 
 def test_pix2code_tree_renders_like_a_screenshot():

@@ -60,6 +60,21 @@ def _fit(boxes: Layout, size: tuple[int, int]) -> tuple[float, float]:
     return scale, (size[0] - boxes.width * scale) / 2
 
 
+def placement(boxes: Layout, style: str, size: tuple[int, int]) -> tuple[float, float, float]:
+    """Where `render` draws a laid-out page in a picture of `size` (width, height): (scale, left, top), so a
+    point at CSS (x, y) lands at (left + x * scale, top + y * scale). The wireframe fits the whole page; the sketch
+    fits it inside a 3% margin and then tilts the drawing up to 2.5 degrees about the centre; the pix2code style
+    fills the width and crops the page at the picture's bottom edge, as pix2code's screenshots do."""
+    if style == "pix2code":
+        return size[0] / boxes.width, 0.0, 0.0
+    if style == "sketch":
+        scale, left = _fit(boxes, (size[0] * 0.94, size[1] * 0.94))
+        return scale, left + size[0] * 0.03, size[1] * 0.03
+    if style == "wireframe":
+        return (*_fit(boxes, size), 0.0)
+    raise ValueError(f"placement is for the styles drawn with PIL (sketch, wireframe, pix2code), not {style!r}")
+
+
 def _colour(token: str) -> str:
     return TOKENS[token].get("colour", "black")
 
@@ -95,7 +110,7 @@ class _Wireframe:
         self.d = ImageDraw.Draw(self.image)
 
     def draw(self, boxes: Layout) -> Image.Image:
-        self.scale, self.left = _fit(boxes, self.size)
+        self.scale, self.left, _ = placement(boxes, "wireframe", self.size)  # top 0
         for box in boxes.boxes:
             self.box(box)
         return self.image
@@ -167,7 +182,7 @@ class _Pix2code(_Wireframe):
     """
 
     def draw(self, boxes: Layout) -> Image.Image:
-        self.scale, self.left = self.size[0] / boxes.width, 0.0
+        self.scale, self.left, _ = placement(boxes, "pix2code", self.size)  # top 0
         for box in boxes.boxes:
             self.box(box)
         s, bottom = self.scale, boxes.height - 15  # pix2code's footer follows the content
@@ -262,9 +277,7 @@ class _Sketch:
 
     def draw(self, boxes: Layout) -> Image.Image:
         self.ruling()
-        self.scale, self.left = _fit(boxes, (self.size[0] * 0.94, self.size[1] * 0.94))
-        self.left += self.size[0] * 0.03
-        self.top = self.size[1] * 0.03
+        self.scale, self.left, self.top = placement(boxes, "sketch", self.size)
         for box in boxes.boxes:
             self.box(box)
         return self.grain()

@@ -1,9 +1,11 @@
 """The core model on tiny random backbones: masking, gating, freezing, save/load."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from vlm.config import ModelConfig
+from vlm.config import ConfigError, ModelConfig
 from vlm.model import VisionLanguageModel, build_model, distinct_rows
 
 VISION = {
@@ -250,3 +252,59 @@ def test_the_colour_grid_appends_each_cells_sub_cell_colours(tiny_lm_dir, vision
     assert torch.equal(tokens[..., : plain.vision.width], plain.vision(pixels))  # the features are unchanged
     text = ids(model, "<image> a cat")
     assert torch.isfinite(model(text, pixel_values=images_for(model, 1), labels=text)["loss"])
+
+
+def test_half_stride_features_append_each_cells_2x2_sub_cells_after_the_colours(tiny_lm_dir):
+    torch.manual_seed(0)
+    plain = build_model(tiny_config(tiny_lm_dir, colour_grid=1))
+    torch.manual_seed(0)
+    model = build_model(tiny_config(tiny_lm_dir, colour_grid=1, half_stride_features=True))
+    encoder = model.vision.model
+    stage = model.vision.half_stride_stage
+    assert encoder.feature_info[stage]["reduction"] == 16 and encoder.feature_info[-1]["reduction"] == 32
+    channels = encoder.feature_info[stage]["num_chs"]
+    assert model.vision.width == plain.vision.width + 4 * channels
+
+    pixels = images_for(model, 1)[0]
+    tokens = model.vision(pixels)  # (1, rows x cols, width)
+    assert torch.equal(tokens[..., : plain.vision.width], plain.vision(pixels))  # features, then colours, unchanged
+    with torch.no_grad():
+        _, (half,) = encoder.forward_intermediates(pixels, indices=[stage])  # (1, channels, 2 rows, 2 cols)
+    rows, cols = model.vision.grid_size
+    for r, c in [(0, 0), (rows - 1, cols - 1), (1, 2)]:
+        appended = tokens[0, r * cols + c, plain.vision.width :].view(2, 2, channels)  # (sub-row, sub-col, channel)
+        for i in range(2):
+            for j in range(2):
+                sub_cell = half[0, :, 2 * r + i, 2 * c + j]
+                torch.testing.assert_close(appended[i, j], (sub_cell - sub_cell.mean()) / sub_cell.var(unbiased=False).add(1e-5).sqrt())
+    text = ids(model, "<image> a cat")
+    assert torch.isfinite(model(text, pixel_values=images_for(model, 1), labels=text)["loss"])
+
+
+def test_half_stride_features_refuse_a_vit_and_a_size_whose_maps_do_not_nest(tiny_lm_dir):
+    with pytest.raises(ConfigError, match="half_stride_features needs a timm CNN"):
+        tiny_config(tiny_lm_dir, "open_clip", half_stride_features=True)
+    with pytest.raises(ValueError, match=r"\[64, 80\] gives \(4, 5\) and \(2, 3\) \(use multiples of 32\)"):
+        build_model(dataclasses.replace(tiny_config(tiny_lm_dir, half_stride_features=True), image_size=(64, 80)))
+
+
+def test_adapters_without_half_stride_features_start_a_model_with_them_unchanged(tiny_lm_dir, tmp_path):
+    torch.manual_seed(0)
+    plain = build_model(tiny_config(tiny_lm_dir))
+    open_gates(plain, 0.3)
+    plain.save_pretrained(tmp_path / "plain")
+    torch.manual_seed(0)
+    wide = build_model(tiny_config(tiny_lm_dir, half_stride_features=True))
+    expected = plain.backbone_signature()
+    with pytest.raises(ValueError, match="trained for other backbones.*vision_width"):
+        wide.load_adapters(tmp_path / "plain" / "adapter.safetensors", expected=expected)
+    wide.load_adapters(tmp_path / "plain" / "adapter.safetensors", expected=expected, new_token_channels=True)
+    projection = wide.resampler.project.weight
+    assert torch.equal(projection[:, : plain.vision.width], plain.resampler.project.weight)
+    assert not projection[:, plain.vision.width :].any()
+    text, images = ids(plain, "<image> a red button"), images_for(plain, 1)
+    torch.testing.assert_close(logits(wide, text, images), logits(plain, text, images), atol=1e-6, rtol=0)
+
+    wide.save_pretrained(tmp_path / "wide")  # the other way round: the saved columns cannot fit
+    with pytest.raises(ValueError, match=r"resampler.project.weight: the saved .* cannot start this model's"):
+        plain.load_adapters(tmp_path / "wide" / "adapter.safetensors", new_token_channels=True)

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 import vlm
 from vlm.config import ConfigError
 from vlm.data import DataError
-from vlm.model import VisionLanguageModel
+from vlm.model import VisionLanguageModel, build_model
 from vlm.train import checkpoint as checkpoint_module
 from vlm.train import load_train_config, train
 from vlm.train import trainer as trainer_module
@@ -150,6 +150,16 @@ def test_cached_features_give_the_loss_of_pixels(tmp_path, readable_lm, shapes):
     torch.testing.assert_close(cold, from_pixels, rtol=0, atol=1e-6)
     assert torch.equal(warm, cold)
     assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 4
+
+
+def test_the_feature_cache_keys_differ_when_the_tokens_carry_other_channels(tmp_path, readable_lm, shapes):
+    image, keys = Image.new("RGB", (96, 64), "white"), set()
+    for channels in ({}, {"colour_grid": 2}, {"half_stride_features": True}):
+        recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run")
+        recipe["model"].update(channels)
+        model = build_model(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)).model)
+        keys.add(FeatureCache(tmp_path / "features", model=model, dtype=None).key(image))
+    assert len(keys) == 3  # a cache written for one kind of token is never read as another
 
 
 def test_training_with_the_feature_cache_matches_training_on_pixels(tmp_path, readable_lm, shapes):
@@ -397,6 +407,22 @@ def test_init_from_starts_the_run_from_saved_adapters_that_fit(tmp_path, readabl
     missing = tiny_recipe(readable_lm, shapes, tmp_path / "fourth", init_from=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="run.init_from: .*nowhere holds no adapter.safetensors"):
         load_train_config(write_recipe(tmp_path / "c.yaml", missing))
+
+
+def test_init_from_adapters_without_half_stride_features_widens_the_token_projection(tmp_path, readable_lm, shapes):
+    first = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2))
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "second", steps=2, init_from=str(first.final))
+    recipe["model"]["half_stride_features"] = True
+    trainer = Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)), world=init_world("cpu"))
+    saved, state = adapter(first.final), trainer.model.adapter_state_dict()
+    projection, saved_projection = state["resampler.project.weight"], saved.pop("resampler.project.weight")
+    assert torch.equal(projection[:, : saved_projection.shape[1]], saved_projection)
+    assert projection.shape[1] > saved_projection.shape[1] and not projection[:, saved_projection.shape[1] :].any()
+    for key, value in saved.items():
+        assert torch.equal(state[key], value), key
+    result = trainer.fit()
+    widened = VisionLanguageModel.from_pretrained(result.final)  # saved with the new width, and it reloads
+    assert widened.config.half_stride_features and widened.resampler.project.weight[:, saved_projection.shape[1] :].any()
 
 
 def test_ctrl_c_to_the_process_group_with_loading_workers_writes_a_checkpoint(tmp_path, readable_lm, shapes):

@@ -307,9 +307,16 @@ class VisionLanguageModel(nn.Module):
         model.load_adapters(weights, expected=json.loads((directory / CONFIG_FILE).read_text()).get("backbones", {}))
         return model
 
-    def load_adapters(self, weights: Path, *, expected: dict | None = None):
+    def load_adapters(self, weights: Path, *, expected: dict | None = None, new_token_channels: bool = False):
+        """Load adapter weights saved by `save_pretrained`, checking they were trained for these backbones.
+
+        `new_token_channels`: the adapters were trained on image tokens without channels this model appends at
+        their end (`half_stride_features` turned on for a run's init_from). The token projection's columns for
+        them start at zero, so the model computes exactly what the saved one did until training moves them.
+        """
         found = self.backbone_signature()
-        mismatched = {k: (v, found.get(k)) for k, v in (expected or {}).items() if k in found and found[k] != v and k not in ("lm", "vision")}
+        ignored = ("lm", "vision", "vision_width") if new_token_channels else ("lm", "vision")
+        mismatched = {k: (v, found.get(k)) for k, v in (expected or {}).items() if k in found and found[k] != v and k not in ignored}
         if mismatched:
             details = "; ".join(f"{k}: checkpoint expects {a}, backbones have {b}" for k, (a, b) in mismatched.items())
             raise ValueError(f"{weights.parent} was trained for other backbones ({expected.get('lm')}, {expected.get('vision')}): {details}")
@@ -318,6 +325,8 @@ class VisionLanguageModel(nn.Module):
         except Exception as error:  # safetensors raises its own error types on a corrupt file
             raise ValueError(f"cannot read {weights}: the file is corrupt or not safetensors ({error})") from None
         own = self.adapter_state_dict()
+        if new_token_channels:
+            state[PROJECTION] = _widen_columns(state[PROJECTION], own[PROJECTION])
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         wrong_shape = [k for k in own if k in state and state[k].shape != own[k].shape]
@@ -343,6 +352,19 @@ def read_config(directory: Path, **overrides) -> ModelConfig:
     return from_dict(ModelConfig, {**meta.get("model", {}), **overrides}, where="model")
 
 
+PROJECTION = "resampler.project.weight"  # (dim, token channels): the one adapter weight that sees the tokens' width
+
+
+def _widen_columns(saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """`saved` (rows, k) -> `own`'s shape (rows, n >= k): the saved columns first, zeros after."""
+    if saved.shape[0] != own.shape[0] or saved.shape[1] > own.shape[1]:
+        raise ValueError(f"{PROJECTION}: the saved {tuple(saved.shape)} cannot start this model's {tuple(own.shape)} "
+                         "(the new token channels must come after the saved ones)")
+    widened = torch.zeros_like(own, dtype=saved.dtype)
+    widened[:, : saved.shape[1]] = saved
+    return widened
+
+
 def build_model(config: ModelConfig) -> VisionLanguageModel:
     """Load the backbones a config names and put fresh adapters between them."""
     lm, tokenizer = backbones.load_language_model(config.lm, dtype=getattr(torch, config.lm_dtype))
@@ -354,6 +376,7 @@ def build_model(config: ModelConfig) -> VisionLanguageModel:
         mean=loaded.mean,
         std=loaded.std,
         colour_grid=config.colour_grid,
+        half_stride_features=config.half_stride_features,
     )
     return VisionLanguageModel(config, vision=vision, lm=lm, tokenizer=tokenizer)
 

@@ -163,7 +163,8 @@ class FeatureCache:
         self.vision, self.dtype = model.vision, dtype
         config = model.config
         colours = f"|colour_grid={self.vision.colour_grid}" if self.vision.colour_grid else ""  # older keys stay valid
-        self.signature = f"{config.vision}|{config.vision_weights}|{self.vision.image_size}|{dtype}{colours}".encode()
+        half = "|half_stride_features" if config.half_stride_features else ""
+        self.signature = f"{config.vision}|{config.vision_weights}|{self.vision.image_size}|{dtype}{colours}{half}".encode()
         self.hits = self.misses = 0
 
     def key(self, image: Image.Image) -> str:

@@ -144,9 +144,14 @@ class Trainer:
         if run.init_from and not resume:
             saved = Path(run.init_from)
             try:
-                model.load_adapters(saved / WEIGHTS_FILE, expected=json.loads((saved / CONFIG_FILE).read_text()).get("backbones"))
+                meta = json.loads((saved / CONFIG_FILE).read_text())
+                new_channels = config.model.half_stride_features and not meta.get("model", {}).get("half_stride_features", False)
+                model.load_adapters(saved / WEIGHTS_FILE, expected=meta.get("backbones"), new_token_channels=new_channels)
             except (ValueError, OSError) as error:  # another model's adapters, or an unreadable folder
                 raise ConfigError(f"run.init_from: {error}") from None
+            if new_channels:
+                self._log(f"run.init_from: {saved} was trained without half_stride_features; the token projection "
+                          f"grows to {model.vision.width} input columns and the new ones start at zero")
         cache = config.data.feature_cache
         self.mixture = build_mixture(config.data.sources, tokenizer=model.tokenizer, seed=run.seed)
         self.collate = self._collator(config.data.sources, pixels=cache is None)

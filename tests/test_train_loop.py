@@ -424,6 +424,10 @@ def test_init_from_adapters_without_half_stride_features_widens_the_token_projec
     widened = VisionLanguageModel.from_pretrained(result.final)  # saved with the new width, and it reloads
     assert widened.config.half_stride_features and widened.resampler.project.weight[:, saved_projection.shape[1] :].any()
 
+    back = tiny_recipe(readable_lm, shapes, tmp_path / "third", init_from=str(result.final))  # without the setting
+    with pytest.raises(ConfigError, match="trained with model.half_stride_features: true; set it here too"):
+        load_train_config(write_recipe(tmp_path / "c.yaml", back))
+
 
 def test_ctrl_c_to_the_process_group_with_loading_workers_writes_a_checkpoint(tmp_path, readable_lm, shapes):
     # a terminal's Ctrl-C reaches every process of the group: the workers must outlive it for the step to end

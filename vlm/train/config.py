@@ -12,6 +12,7 @@ valid one, values are type-checked, source kinds and their options are known, fi
 """
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,17 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if (self.run.steps is None) == (self.run.epochs is None):
             raise ConfigError("set exactly one of run.steps and run.epochs")
+        if self.run.init_from is not None and not self.model.half_stride_features and _saved_model(self.run.init_from).get("half_stride_features"):
+            raise ConfigError(f"run.init_from: {self.run.init_from} was trained with model.half_stride_features: true; "
+                              "set it here too (--set model.half_stride_features=true)")
+
+
+def _saved_model(folder: str) -> dict:
+    """The model section of a saved folder's config.json; {} when it has none or cannot be read (load_adapters says why)."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("model", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

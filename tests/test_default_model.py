@@ -39,8 +39,11 @@ def test_the_default_model_lays_out_the_pages_it_is_shown(model, tmp_path):
 
 
 @pytest.mark.slow
-def test_one_sketch_alone_jumps_forward_to_the_page_it_gets_in_a_batch(model, tmp_path, monkeypatch):
-    # alone, the tokens a DSL word's start decides ride along in one forward pass; a batch picks each in a pass
+def test_one_sketch_alone_jumps_forward_to_the_page_it_gets_in_a_batch(tmp_path, monkeypatch):
+    # alone, the tokens a DSL word's start decides ride along in one forward pass; a batch picks each in a pass.
+    # float32: in bf16 a batch of two and a single picture round differently, and the shipped weights sit near a
+    # tie on one of these pages' button colours (orange or green), which bf16 can tip either way.
+    model = vlm.load()
     write_generated_set(tmp_path, 2, seed=HELD_OUT_SEED + 6_000, styles=("pix2code",), vocabulary="pix2code")
     passes = []
     forward = type(model.model).forward
@@ -66,7 +69,7 @@ def test_the_default_model_names_the_shape_and_colour_it_is_shown(model):
 
 @pytest.mark.slow
 def test_the_default_model_answers_page_questions_in_chat(model):
-    # held-out pages, one question each, in the chat template (the demo's Chat tab): 20 of these 24 right when
+    # held-out pages, one question each, in the chat template (the demo's Chat tab): 23 of these 24 right when
     # measured; run 7, never trained in that format, got 3 of them and wrote page DSL and captions instead
     items = []
     for seed in range(HELD_OUT_SEED + 7_000, HELD_OUT_SEED + 7_008):

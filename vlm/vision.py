@@ -19,8 +19,9 @@ class VisionEncoder(nn.Module):
     linear probe reads pix2code's button colours from every labelled cell (benchmarks/probe_image_path.py).
 
     `half_stride_features` (timm CNNs) appends to each token the stage at half the last map's stride, its cell's
-    2 x 2 sub-cells stacked (space-to-depth), each standardised: at 288x512 EfficientNet-Lite0's stride-16 stage names 72% of a
-    generated page's elements from their cell where the last map names 50% (benchmarks/probe_element_features.py).
+    2 x 2 sub-cells stacked (space-to-depth), each standardised: at 288x512 EfficientNet-Lite0's stride-16 stage
+    names 72% of a generated page's elements from their cell where the last map names 50%
+    (benchmarks/probe_element_features.py).
     Both maps come from one pass. Appended channels go last (colours, then these), so a run that turns one on can
     start from adapters trained without it (`VisionLanguageModel.load_adapters(new_token_channels=...)`).
     """
@@ -63,7 +64,8 @@ class VisionEncoder(nn.Module):
         rows, cols = last.shape[2:]
         if tuple(half.shape[2:]) != (2 * rows, 2 * cols):
             raise ValueError(f"half_stride_features needs an image_size whose half-stride map is twice the last map: "
-                             f"{list(self.image_size)} gives {tuple(half.shape[2:])} and {(rows, cols)} (use multiples of 32)")
+                             f"{list(self.image_size)} gives {tuple(half.shape[2:])} and {(rows, cols)} "
+                             f"(use multiples of {self.model.feature_info[-1]['reduction']})")
         # Standardised per sub-cell: the stage's raw values are ~30x the last map's (mean |x| 3.7 against 0.13 on
         # generated pages), and Adam moves each zero-started projection column as far as any other at every step.
         half = F.layer_norm(half.movedim(1, -1), half.shape[1:2]).movedim(-1, 1)

@@ -308,3 +308,10 @@ def test_adapters_without_half_stride_features_start_a_model_with_them_unchanged
     wide.save_pretrained(tmp_path / "wide")  # the other way round: the saved columns cannot fit
     with pytest.raises(ValueError, match=r"resampler.project.weight: the saved .* cannot start this model's"):
         plain.load_adapters(tmp_path / "wide" / "adapter.safetensors", new_token_channels=True)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "plain" / "adapter.safetensors"))
+    del state["resampler.project.weight"]  # no projection to widen: the usual missing-key error
+    save_file(state, str(tmp_path / "no-projection.safetensors"))
+    with pytest.raises(ValueError, match=r"does not fit this model: missing \['resampler.project.weight'\]"):
+        wide.load_adapters(tmp_path / "no-projection.safetensors", new_token_channels=True)

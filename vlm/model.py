@@ -325,7 +325,7 @@ class VisionLanguageModel(nn.Module):
         except Exception as error:  # safetensors raises its own error types on a corrupt file
             raise ValueError(f"cannot read {weights}: the file is corrupt or not safetensors ({error})") from None
         own = self.adapter_state_dict()
-        if new_token_channels:
+        if new_token_channels and PROJECTION in state:  # without it, the missing-key error below says so
             state[PROJECTION] = _widen_columns(state[PROJECTION], own[PROJECTION])
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))

@@ -150,17 +150,19 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if (self.run.steps is None) == (self.run.epochs is None):
             raise ConfigError("set exactly one of run.steps and run.epochs")
-        if self.run.init_from is not None and not self.model.half_stride_features and _saved_model(self.run.init_from).get("half_stride_features"):
+        if self.run.init_from is not None and not self.model.half_stride_features and saved_model_config(self.run.init_from).get("half_stride_features"):
             raise ConfigError(f"run.init_from: {self.run.init_from} was trained with model.half_stride_features: true; "
                               "set it here too (--set model.half_stride_features=true)")
 
 
-def _saved_model(folder: str) -> dict:
-    """The model section of a saved folder's config.json; {} when it has none or cannot be read (load_adapters says why)."""
+def saved_model_config(folder: str | Path) -> dict:
+    """The model section of a saved folder's config.json; {} when it has none or cannot be read (loading the
+    adapters then says why)."""
     try:
-        return json.loads((Path(folder) / "config.json").read_text()).get("model", {})
+        model = json.loads((Path(folder) / "config.json").read_text()).get("model", {})
     except (OSError, ValueError, AttributeError):
         return {}
+    return model if isinstance(model, dict) else {}
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

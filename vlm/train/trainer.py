@@ -31,7 +31,7 @@ from vlm.language_model import find_decoder_layers
 from vlm.model import CONFIG_FILE, WEIGHTS_FILE, VisionLanguageModel, build_model
 from vlm.train.batching import Batch, Collator, FeatureCache, TrainStep
 from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from vlm.train.config import TrainConfig, config_dict
+from vlm.train.config import TrainConfig, config_dict, saved_model_config
 from vlm.train.distributed import (
     World,
     average_gradients,
@@ -145,7 +145,7 @@ class Trainer:
             saved = Path(run.init_from)
             try:
                 meta = json.loads((saved / CONFIG_FILE).read_text())
-                new_channels = config.model.half_stride_features and not meta.get("model", {}).get("half_stride_features", False)
+                new_channels = config.model.half_stride_features and not saved_model_config(saved).get("half_stride_features")
                 model.load_adapters(saved / WEIGHTS_FILE, expected=meta.get("backbones"), new_token_channels=new_channels)
             except (ValueError, OSError) as error:  # another model's adapters, or an unreadable folder
                 raise ConfigError(f"run.init_from: {error}") from None

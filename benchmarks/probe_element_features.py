@@ -56,7 +56,7 @@ def elements(vision, seeds) -> tuple[dict[str, list[torch.Tensor]], list[str], d
         maps = feature_maps(vision, render(page, style=style, seed=seed))
         for box in boxes.boxes:
             x, y = (left + (box.x + box.w / 2) * scale) / width, (top + (box.y + box.h / 2) * scale) / height
-            if is_container(box.token) or box.parent in OUTSIDE_COLUMNS or y >= 1:  # pix2code's crops the page
+            if is_container(box.token) or box.parent in OUTSIDE_COLUMNS:
                 continue
             tokens.append(box.token)
             for name, grid in maps.items():

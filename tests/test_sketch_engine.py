@@ -90,7 +90,7 @@ def test_placement_says_where_render_draws_each_box():
             pixels = np.asarray(render(page, style=style)).astype(int)
             scale, left, top = placement(boxes, placed_as, (width, height))
             for box in boxes.boxes:
-                if TOKENS[box.token].get("name") == "button" and top + (box.y + box.h) * scale <= height:
+                if TOKENS[box.token].get("name") == "button":  # every one: no style crops the page
                     x0, y0 = int(left + box.x * scale), int(top + box.y * scale)
                     x1, y1 = int(left + (box.x + box.w) * scale), int(top + (box.y + box.h) * scale)
                     near = np.abs(pixels[y0:y1, x0:x1] - COLOURS[TOKENS[box.token]["colour"]]).sum(-1) < 100
@@ -106,6 +106,25 @@ def test_placement_says_where_render_draws_each_box():
         placement(layout(generate_page(0).tree, generate_page(0).texts), "browser", (800, 600))
 
 
+def test_pix2code_style_fills_the_width_and_shrinks_a_long_page_to_fit_whole():
+    # the page's DSL names every element, so the picture must show every one: a long page is not cropped
+    def placed(seed: int):
+        page = generate_page(seed)
+        boxes = layout(page.tree, page.texts, width=CSS_WIDTH)
+        return boxes, placement(boxes, "pix2code", DEFAULT_SIZE["pix2code"])
+
+    width, height = DEFAULT_SIZE["pix2code"]
+    short = [placed(seed) for seed in range(90_000_000, 90_000_040) if placed(seed)[0].height < 500]
+    long = [placed(seed) for seed in range(90_000_000, 90_000_040) if placed(seed)[0].height > 1000]
+    assert short and long
+    for boxes, (scale, left, top) in short:
+        assert (scale, left, top) == (width / CSS_WIDTH, 0.0, 0.0)
+    for boxes, (scale, left, top) in long:
+        assert scale < width / CSS_WIDTH and left > 0 and top == 0
+        assert max(box.y + box.h for box in boxes.boxes) * scale < height  # the last element is in the picture
+        assert left + boxes.width * scale / 2 == pytest.approx(width / 2)
+
+
 def test_pix2code_tree_renders_like_a_screenshot():
     tree = parse_dsl("header { btn-active , btn-inactive } row { single { small-title , text , btn-green } }")
     image = render(make_page(tree, letters=True), style="pix2code")
@@ -119,6 +138,16 @@ def test_pix2code_tree_renders_like_a_screenshot():
 def test_browser_style_renders_the_html():
     image = render(generate_page(4), style="browser", size=(400, 300))
     assert image.size == (400, 300) and len(image.getcolors(1 << 24)) > 5
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=f"headless Chromium is not usable: {chromium_missing()}")
+def test_browser_style_shrinks_a_long_page_to_fit_whole():
+    page = generate_page(90_000_003)  # 1,118 CSS pixels tall: 373 at this width, in a picture 300 tall
+    assert layout(page.tree, page.texts, width=CSS_WIDTH).height > 1000
+    pixels = np.asarray(render(page, style="browser", size=(400, 300)))
+    assert pixels.shape == (300, 400, 3)
+    margins = np.concatenate([pixels[:, :30], pixels[:, -30:]], axis=1)  # shrunk by 300/373: 39 pixels a side
+    assert (margins == margins[0, 0]).all() and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 5
 
 
 def test_browser_style_without_chromium_says_why(monkeypatch):

@@ -91,15 +91,22 @@ class Chromium:
         return page
 
     def screenshot(self, html: str, *, size: tuple[int, int] = (800, 600)) -> Image.Image:
-        """The top of the page as a `size` image, the page laid out CSS_WIDTH pixels wide."""
+        """The whole page as a `size` image, laid out CSS_WIDTH pixels wide: filling the width, or, when it is
+        taller than the picture, shrunk to fit and centred on the page's own background (as the pix2code style
+        draws a long page: nothing the HTML holds is cropped away)."""
         scale = size[0] / CSS_WIDTH
         page = self._open(html, (CSS_WIDTH, round(size[1] / scale)), scale)
         try:
-            png = page.screenshot(type="png")
+            png = page.screenshot(type="png", full_page=True)
         finally:
             page.close()
         image = Image.open(io.BytesIO(png)).convert("RGB")
-        return image if image.size == size else image.resize(size, Image.BILINEAR)
+        if image.height <= size[1] + 1:  # + 1: rounding of the viewport's height
+            return image if image.size == size else image.resize(size, Image.BILINEAR)
+        shrunk = image.resize((max(1, round(image.width * size[1] / image.height)), size[1]), Image.BILINEAR)
+        picture = Image.new("RGB", size, image.getpixel((0, image.height - 1)))
+        picture.paste(shrunk, ((size[0] - shrunk.width) // 2, 0))
+        return picture
 
     def blocks(self, html: str) -> tuple[list[Block], tuple[float, float]]:
         """The page's blocks in CSS pixels, and the page's (width, height)."""

@@ -30,6 +30,7 @@ BORDERS = {"green": (76, 174, 76), "orange": (238, 162, 54), "red": (212, 63, 58
 PENS = ((25, 25, 30), (30, 50, 140), (85, 85, 92), (45, 40, 35))  # ballpoint, blue ink, pencil, felt tip
 PAPERS = ((250, 249, 244), (246, 243, 232), (240, 240, 238), (252, 252, 252))
 PIX2CODE_FOOTER = "\u00a9 Tony Beltramelli 2017"  # the footer every pix2code page carries
+PIX2CODE_FOOTER_BELOW = 25  # CSS pixels that footer's line reaches below the laid-out page
 
 
 def render(page: Page, *, style: str = "sketch", seed: int | None = None, size: tuple[int, int] | None = None,
@@ -54,9 +55,9 @@ def render(page: Page, *, style: str = "sketch", seed: int | None = None, size: 
     return painter.draw(boxes)
 
 
-def _fit(boxes: Layout, size: tuple[int, int]) -> tuple[float, float]:
-    """Scale and left offset that fit the whole page into the picture."""
-    scale = min(size[0] / boxes.width, size[1] / boxes.height)
+def _fit(boxes: Layout, size: tuple[int, int], *, below: float = 0.0) -> tuple[float, float]:
+    """Scale and left offset that fit the whole page, and `below` more CSS pixels under it, into the picture."""
+    scale = min(size[0] / boxes.width, size[1] / (boxes.height + below))
     return scale, (size[0] - boxes.width * scale) / 2
 
 
@@ -64,9 +65,10 @@ def placement(boxes: Layout, style: str, size: tuple[int, int]) -> tuple[float, 
     """Where `render` draws a laid-out page in a picture of `size` (width, height): (scale, left, top), so a
     point at CSS (x, y) lands at (left + x * scale, top + y * scale). The wireframe fits the whole page; the sketch
     fits it inside a 3% margin and then tilts the drawing up to 2.5 degrees about the centre; the pix2code style
-    fills the width and crops the page at the picture's bottom edge, as pix2code's screenshots do."""
+    fills the width, as pix2code's screenshots do, unless the page with its copyright line is taller than the
+    picture: then it fits the whole page too, since its DSL names every element and a cropped one cannot be read."""
     if style == "pix2code":
-        return size[0] / boxes.width, 0.0, 0.0
+        return (*_fit(boxes, size, below=PIX2CODE_FOOTER_BELOW), 0.0)
     if style == "sketch":
         scale, left = _fit(boxes, (size[0] * 0.94, size[1] * 0.94))
         return scale, left + size[0] * 0.03, size[1] * 0.03
@@ -176,18 +178,19 @@ class _Wireframe:
 # ---------------------------------------------------------------- pix2code
 
 class _Pix2code(_Wireframe):
-    """An imitation of pix2code's Bootstrap screenshots: real (random-letter) text, crop at the fold.
+    """An imitation of pix2code's Bootstrap screenshots: real (random-letter) text, the grey fade at the bottom.
 
-    Sizes are in CSS pixels, as in the stylesheet; the picture is the top of a page CSS_WIDTH wide.
+    Sizes are in CSS pixels, as in the stylesheet; the page is CSS_WIDTH wide, drawn as `placement` says.
     """
 
     def draw(self, boxes: Layout) -> Image.Image:
         self.scale, self.left, _ = placement(boxes, "pix2code", self.size)  # top 0
         for box in boxes.boxes:
             self.box(box)
-        s, bottom = self.scale, boxes.height - 15  # pix2code's footer follows the content
-        self.d.line((15 * s, bottom * s, (boxes.width - 15) * s, bottom * s), fill=(214, 214, 214))
-        self.text_centred(PIX2CODE_FOOTER, (0, (bottom + 20) * s, self.size[0], (bottom + 40) * s), 15, (51, 51, 51))
+        s, x, line = self.scale, self.left, boxes.height - 15  # pix2code's footer follows the content
+        self.d.line((x + 15 * s, line * s, x + (boxes.width - 15) * s, line * s), fill=(214, 214, 214))
+        text = (0, (line + 20) * s, self.size[0], (boxes.height + PIX2CODE_FOOTER_BELOW) * s)
+        self.text_centred(PIX2CODE_FOOTER, text, 15, (51, 51, 51))
         self.shade()
         return self.image
 

@@ -211,12 +211,13 @@ def test_sigint_writes_a_checkpoint_and_exits_then_resume_finishes_the_run(tmp_p
 
     monkeypatch.setattr(Trainer, "train_step", interrupted_at_step_3)
     recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=5, checkpoint_every=100, data_workers=workers)
+    handler = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN when started as a background job
     result = run_recipe(tmp_path, recipe)
     assert result.interrupted and result.step == 3 and result.final is None
     assert latest_checkpoint(tmp_path / "run").name == "step-00000003"
 
     monkeypatch.setattr(Trainer, "train_step", original)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer put the handler back
+    assert signal.getsignal(signal.SIGINT) is handler  # the trainer put the handler back
     finished = run_recipe(tmp_path, recipe, resume=True)
     assert finished.step == 5
     assert_same_weights(finished.final, reference.final)

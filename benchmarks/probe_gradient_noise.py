@@ -24,6 +24,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
+import vlm
 from vlm.model import VisionLanguageModel
 from vlm.train.batching import Collator, TrainStep
 from vlm.train.config import ConfigError, load_train_config
@@ -74,7 +75,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="a training recipe (YAML): its sources and max_length are used")
     parser.add_argument("--source", required=True, help="the name of one of the recipe's data sources")
-    parser.add_argument("--model", default="vlm/weights/default", help="a saved model folder (default: the shipped one)")
+    parser.add_argument("--model", default=None, help="a saved model folder (default: the shipped one)")
     parser.add_argument("--batches", type=int, default=24, help="an even number (default 24)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=123_456, help="the first example's index in the source")
@@ -90,10 +91,9 @@ def main():
     sources = {source.name: source for source in config.data.sources}
     if args.source not in sources:
         parser.error(f"--source {args.source!r} is not in {args.config}: it has {list(sources)}")
-    model = VisionLanguageModel.from_pretrained(args.model)
+    model = vlm.load(args.model).model  # float32 weights; --dtype autocasts, as training does
     source = build_source(sources[args.source], tokenizer=model.tokenizer)
-    collate = Collator(model, max_length=config.data.max_length, max_pixels=config.data.max_pixels,
-                       on_error={}, pixels=True)
+    collate = Collator(model, max_length=config.data.max_length, max_pixels=config.data.max_pixels, on_error={})
     started = time.perf_counter()
     wanted = args.batches * args.batch_size
     if hasattr(source, "__getitem__"):  # map-style: from --seed on
@@ -106,7 +106,7 @@ def main():
     dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
     result = gradient_noise(model, batches, dtype=dtype)
     skipped = sum(collate.skipped.values())  # as in training: too long for max_length, or unreadable
-    print(f"model: {args.model}  source: {args.source}  {args.batches} batches of {args.batch_size}"
+    print(f"model: {args.model or 'shipped'}  source: {args.source}  {args.batches} batches of {args.batch_size}"
           f" ({skipped} examples skipped)  loss {result['loss']:.3f}  {time.perf_counter() - started:.0f} s")
     print(f"noise alone: agreement 0, per element {math.sqrt(2 / math.pi):.2f};"
           f" batches that all agree: 1, {math.sqrt(args.batches):.2f}")

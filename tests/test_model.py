@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from vlm.config import ConfigError, ModelConfig
 from vlm.model import VisionLanguageModel, build_model, distinct_rows
@@ -193,7 +194,6 @@ def test_save_and_load_give_identical_logits_and_store_no_backbone(model, tmp_pa
     model.save_pretrained(tmp_path / "run")
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert files == ["adapter.safetensors", "config.json"]
-    from safetensors.torch import load_file
 
     saved = load_file(str(tmp_path / "run" / "adapter.safetensors"))
     assert not any(k.startswith(("lm.", "vision.")) for k in saved)
@@ -308,8 +308,6 @@ def test_adapters_without_half_stride_features_start_a_model_with_them_unchanged
     wide.save_pretrained(tmp_path / "wide")  # the other way round: the saved columns cannot fit
     with pytest.raises(ValueError, match=r"resampler.project.weight: the saved .* cannot start this model's"):
         plain.load_adapters(tmp_path / "wide" / "adapter.safetensors", new_token_channels=True)
-    from safetensors.torch import load_file, save_file
-
     state = load_file(str(tmp_path / "plain" / "adapter.safetensors"))
     del state["resampler.project.weight"]  # no projection to widen: the usual missing-key error
     save_file(state, str(tmp_path / "no-projection.safetensors"))

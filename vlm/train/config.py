@@ -150,9 +150,10 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if (self.run.steps is None) == (self.run.epochs is None):
             raise ConfigError("set exactly one of run.steps and run.epochs")
-        if self.run.init_from is not None and not self.model.half_stride_features and saved_model_config(self.run.init_from).get("half_stride_features"):
-            raise ConfigError(f"run.init_from: {self.run.init_from} was trained with model.half_stride_features: true; "
-                              "set it here too (--set model.half_stride_features=true)")
+        if self.run.init_from is not None and not self.model.half_stride_features:
+            if saved_model_config(self.run.init_from).get("half_stride_features"):
+                raise ConfigError(f"run.init_from: {self.run.init_from} was trained with model.half_stride_features: "
+                                  "true; set it here too (--set model.half_stride_features=true)")
 
 
 def saved_model_config(folder: str | Path) -> dict:

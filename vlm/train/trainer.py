@@ -145,7 +145,8 @@ class Trainer:
             saved = Path(run.init_from)
             try:
                 meta = json.loads((saved / CONFIG_FILE).read_text())
-                new_channels = config.model.half_stride_features and not saved_model_config(saved).get("half_stride_features")
+                saved_half_stride = saved_model_config(saved).get("half_stride_features")
+                new_channels = config.model.half_stride_features and not saved_half_stride
                 model.load_adapters(saved / WEIGHTS_FILE, expected=meta.get("backbones"), new_token_channels=new_channels)
             except (ValueError, OSError) as error:  # another model's adapters, or an unreadable folder
                 raise ConfigError(f"run.init_from: {error}") from None

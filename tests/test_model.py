@@ -313,3 +313,24 @@ def test_adapters_without_half_stride_features_start_a_model_with_them_unchanged
     save_file(state, str(tmp_path / "no-projection.safetensors"))
     with pytest.raises(ValueError, match=r"does not fit this model: missing \['resampler.project.weight'\]"):
         wide.load_adapters(tmp_path / "no-projection.safetensors", new_token_channels=True)
+
+
+def test_adapters_with_fewer_cross_attention_blocks_start_a_deeper_model_unchanged(tiny_lm_dir, tmp_path):
+    torch.manual_seed(0)
+    upper = build_model(tiny_config(tiny_lm_dir, cross_attn_every_n_layers=1, cross_attn_first_layer=2))
+    open_gates(upper, 0.3)
+    upper.save_pretrained(tmp_path / "upper")
+    torch.manual_seed(0)
+    deeper = build_model(tiny_config(tiny_lm_dir, cross_attn_every_n_layers=1))
+    weights = tmp_path / "upper" / "adapter.safetensors"
+    with pytest.raises(ValueError, match=r"does not fit this model: missing \['cross_attn.0."):
+        deeper.load_adapters(weights)
+    assert deeper.load_adapters(weights, new_blocks=True) == [0, 1]
+    assert torch.equal(deeper.cross_attn["3"].attention_gate, upper.cross_attn["3"].attention_gate)
+    assert not deeper.cross_attn["0"].attention_gate.any() and not deeper.cross_attn["1"].ff_gate.any()
+    text, images = ids(upper, "<image> a red button"), images_for(upper, 1)
+    torch.testing.assert_close(logits(deeper, text, images), logits(upper, text, images), atol=1e-6, rtol=0)
+
+    deeper.save_pretrained(tmp_path / "deeper")  # the other way round: a saved block with no layer to go to
+    with pytest.raises(ValueError, match=r"unexpected \['cross_attn.0."):
+        upper.load_adapters(tmp_path / "deeper" / "adapter.safetensors", new_blocks=True)

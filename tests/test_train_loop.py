@@ -410,6 +410,21 @@ def test_init_from_starts_the_run_from_saved_adapters_that_fit(tmp_path, readabl
         load_train_config(write_recipe(tmp_path / "c.yaml", missing))
 
 
+def test_init_from_adapters_with_fewer_cross_attention_blocks_adds_fresh_ones(tmp_path, readable_lm, shapes, capsys):
+    upper = tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2)
+    upper["model"]["cross_attn_first_layer"] = 2  # blocks before layer 3 only
+    first = run_recipe(tmp_path, upper)
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "second", init_from=str(first.final))  # before 1 and 3
+    trainer = Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)), world=init_world("cpu"))
+    state, saved = trainer.model.adapter_state_dict(), adapter(first.final)
+    for key, value in saved.items():
+        assert torch.equal(state[key], value), key
+    fresh = sorted(key for key in state if key not in saved)
+    assert fresh and all(key.startswith("cross_attn.1.") for key in fresh)
+    assert not state["cross_attn.1.attention_gate"].any() and not state["cross_attn.1.ff_gate"].any()
+    assert "no cross-attention before decoder layers [1]; those blocks start fresh" in capsys.readouterr().out
+
+
 def test_init_from_adapters_without_half_stride_features_widens_the_token_projection(tmp_path, readable_lm, shapes):
     first = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2))
     recipe = tiny_recipe(readable_lm, shapes, tmp_path / "second", steps=2, init_from=str(first.final))

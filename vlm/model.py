@@ -307,12 +307,16 @@ class VisionLanguageModel(nn.Module):
         model.load_adapters(weights, expected=json.loads((directory / CONFIG_FILE).read_text()).get("backbones", {}))
         return model
 
-    def load_adapters(self, weights: Path, *, expected: dict | None = None, new_token_channels: bool = False):
+    def load_adapters(self, weights: Path, *, expected: dict | None = None, new_token_channels: bool = False,
+                      new_blocks: bool = False) -> list[int]:
         """Load adapter weights saved by `save_pretrained`, checking they were trained for these backbones.
 
         `new_token_channels`: the adapters were trained on image tokens without channels this model appends at
         their end (`half_stride_features` turned on for a run's init_from). The token projection's columns for
         them start at zero, so the model computes exactly what the saved one did until training moves them.
+        `new_blocks`: cross-attention blocks at decoder layers the saved adapters have none for keep their fresh
+        weights (a run's init_from with a lower `cross_attn_first_layer`); their gates start at zero, so again the
+        model computes what the saved one did. Returns the layers of those fresh blocks.
         """
         found = self.backbone_signature()
         ignored = ("lm", "vision", "vision_width") if new_token_channels else ("lm", "vision")
@@ -328,6 +332,12 @@ class VisionLanguageModel(nn.Module):
         if new_token_channels and PROJECTION in state:  # without it, the missing-key error below says so
             state[PROJECTION] = _widen_columns(state[PROJECTION], own[PROJECTION])
         missing = sorted(set(own) - set(state))
+        fresh_layers = []
+        if new_blocks:
+            saved_blocks = {key.split(".")[1] for key in state if key.startswith("cross_attn.")}
+            fresh_layers = [i for i in self.cross_attn_layers if str(i) not in saved_blocks]
+            fresh = tuple(f"cross_attn.{i}." for i in fresh_layers)
+            missing = [key for key in missing if not key.startswith(fresh)]
         unexpected = sorted(set(state) - set(own))
         wrong_shape = [k for k in own if k in state and state[k].shape != own[k].shape]
         if missing or unexpected or wrong_shape:
@@ -336,6 +346,7 @@ class VisionLanguageModel(nn.Module):
                 f"wrong shape {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong_shape[:5]]}"
             )
         self.load_state_dict(state, strict=False)
+        return fresh_layers
 
 
 def read_config(directory: Path, **overrides) -> ModelConfig:

@@ -54,7 +54,8 @@ def per_source(config, collate: Collator, tokenizer, examples: int) -> None:
 
 def through_loader(config, collate: Collator, tokenizer, workers: int, steps: int, batch_size: int, *,
                    train_step=lambda: None, switch_interval: float | None = None) -> tuple[float, float]:
-    """(examples a second, data_wait) over `steps` steps after two of warm-up, each step followed by train_step()."""
+    """(examples a second, data_wait, collating) over `steps` steps after two of warm-up, each step followed by
+    train_step(); the last two as shares of the time, as the trainer logs them."""
     mixture = build_mixture(config.data.sources, tokenizer=tokenizer, seed=config.run.seed)
     loader = StepLoader(mixture, collate, batch_size=batch_size, micro_batch=batch_size,
                         slice_of=lambda draws: draws, workers=workers)
@@ -63,14 +64,14 @@ def through_loader(config, collate: Collator, tokenizer, workers: int, steps: in
     try:
         for _ in range(2):
             loader.next_step()
-        waited, started = 0.0, time.perf_counter()
+        waited, collated, started = 0.0, loader.collating, time.perf_counter()
         for _ in range(steps):
             waiting = time.perf_counter()
             loader.next_step()
             waited += time.perf_counter() - waiting
             train_step()
         elapsed = time.perf_counter() - started
-        return steps * batch_size / elapsed, waited / elapsed
+        return steps * batch_size / elapsed, waited / elapsed, (loader.collating - collated) / elapsed
     finally:
         loader.close()  # the switch interval back to what it was before the loader
 
@@ -105,15 +106,17 @@ def _hold_the_gil(seconds: float):
 
 def beside_a_trainer(config, collate: Collator, tokenizer, workers: int, steps: int, batch_size: int,
                      step_seconds: float) -> None:
-    """data_wait of the trainer's loader when each training step sleeps or holds the GIL for step_seconds."""
+    """data_wait of the trainer's loader when each training step sleeps or holds the GIL for step_seconds, and
+    collating: with workers, a thread pads the next step's batches while this one trains, so a step that leaves
+    the interpreter free (a GPU's) hides it."""
     print(f"\nbeside a training step of {step_seconds} s: {workers} workers, steps of {batch_size}")
-    print(f"{'the step':>14} {'switch interval':>15} {'data_wait':>9} {'examples/s':>10}")
+    print(f"{'the step':>14} {'switch interval':>15} {'data_wait':>9} {'collating':>9} {'examples/s':>10}")
     default = sys.getswitchinterval()
     for name, step in (("sleeps", time.sleep), ("holds the GIL", _hold_the_gil)):
         for interval in (default, SWITCH_INTERVAL):
-            rate, data_wait = through_loader(config, collate, tokenizer, workers, steps, batch_size,
+            rate, data_wait, collating = through_loader(config, collate, tokenizer, workers, steps, batch_size,
                                              train_step=lambda: step(step_seconds), switch_interval=interval)
-            print(f"{name:>14} {1000 * interval:>12.1f} ms {data_wait:>9.2f} {rate:>10.1f}")
+            print(f"{name:>14} {1000 * interval:>12.1f} ms {data_wait:>9.2f} {collating:>9.2f} {rate:>10.1f}")
 
 
 def main():
@@ -136,7 +139,7 @@ def main():
     print(f"\nthe trainer's loader, steps of {args.batch_size} ({args.steps} steps after 2 of warm-up)")
     print(f"{'workers':>7} {'examples/s':>10}")
     for workers in args.workers:
-        rate, _ = through_loader(config, collate, model.tokenizer, workers, args.steps, args.batch_size)
+        rate, _, _ = through_loader(config, collate, model.tokenizer, workers, args.steps, args.batch_size)
         print(f"{workers:7d} {rate:10.1f}")
     crossing(max(args.workers), tasks=200)
     beside_a_trainer(config, collate, model.tokenizer, max(max(args.workers), 1), args.steps, args.batch_size,

@@ -129,3 +129,24 @@ def test_micro_batches_are_cut_from_the_step_sorted_by_length(workers):
             assert lengths == sorted(lengths, reverse=True)  # skipped rows last
     finally:
         loader.close()
+
+
+class SlowCollate(PictureRows):
+    def collate(self, rows):
+        time.sleep(0.3)
+        return super().collate(rows)
+
+
+def test_with_workers_the_next_step_is_collated_while_this_one_trains():
+    loader = StepLoader(CountingMixture(), SlowCollate(), batch_size=4, micro_batch=4,
+                        slice_of=lambda draws: draws, workers=1)
+    try:
+        (ids, _), = loader.next_step()
+        assert ids == [0, 1, 2, 3] and loader.state_dict() == {"drawn": 4}  # the next step's draws, not yet returned
+        time.sleep(0.6)  # the training step
+        waiting = time.perf_counter()
+        (ids, _), = loader.next_step()
+        assert time.perf_counter() - waiting < 0.2 and ids == [4, 5, 6, 7]
+        assert loader.collating >= 0.6  # both steps' collation counted, though the second one's was not waited for
+    finally:
+        loader.close()

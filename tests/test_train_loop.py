@@ -424,6 +424,15 @@ def test_init_from_adapters_with_fewer_cross_attention_blocks_adds_fresh_ones(tm
     assert not state["cross_attn.1.attention_gate"].any() and not state["cross_attn.1.ff_gate"].any()
     assert "no cross-attention before decoder layers [1]; those blocks start fresh" in capsys.readouterr().out
 
+    back = tiny_recipe(readable_lm, shapes, tmp_path / "third", init_from=str(tmp_path / "first" / "final"))
+    back["model"]["cross_attn_every_n_layers"] = 4  # blocks before layer 3 only: the saved ones had a place
+    load_train_config(write_recipe(tmp_path / "c.yaml", back))
+    trainer.model.save_pretrained(tmp_path / "both")
+    back["run"]["init_from"] = str(tmp_path / "both")
+    with pytest.raises(ConfigError, match=r"cross-attention before decoder layers \[1\], which model: leaves out; it "
+                                          r"was trained with cross_attn_every_n_layers 2 and cross_attn_first_layer 0"):
+        load_train_config(write_recipe(tmp_path / "c.yaml", back))
+
 
 def test_init_from_adapters_without_half_stride_features_widens_the_token_projection(tmp_path, readable_lm, shapes):
     first = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlm.config import ConfigError, ModelConfig, from_dict, load_yaml, parse_yaml
+from vlm.language_model import cross_attention_layer_indices
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
@@ -154,6 +155,27 @@ class TrainConfig:
             if saved_model_config(self.run.init_from).get("half_stride_features"):
                 raise ConfigError(f"run.init_from: {self.run.init_from} was trained with model.half_stride_features: "
                                   "true; set it here too (--set model.half_stride_features=true)")
+        if self.run.init_from is not None:
+            self._check_init_from_blocks()
+
+    def _check_init_from_blocks(self):
+        """The saved adapters' cross-attention blocks must all have a place here (new ones may be added)."""
+        try:
+            meta = json.loads((Path(self.run.init_from) / "config.json").read_text())
+            saved, layers = meta["model"], meta["backbones"]["lm_num_layers"]
+            every, first = saved.get("cross_attn_every_n_layers", 1), saved.get("cross_attn_first_layer", 0)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return  # an older or unreadable config: loading the adapters says what does not fit
+        here = self.model.cross_attn_every_n_layers, self.model.cross_attn_first_layer
+        try:
+            left_out = sorted(set(cross_attention_layer_indices(layers, every_n=every, first=first))
+                              - set(cross_attention_layer_indices(layers, every_n=here[0], first=here[1])))
+        except ValueError:  # no block at all: building the model says so
+            return
+        if left_out:
+            raise ConfigError(f"run.init_from: {self.run.init_from} has cross-attention before decoder layers "
+                              f"{left_out}, which model: leaves out; it was trained with cross_attn_every_n_layers "
+                              f"{every} and cross_attn_first_layer {first} (--set model.cross_attn_first_layer={first})")
 
 
 def saved_model_config(folder: str | Path) -> dict:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vlm.train.batching import Row
-from vlm.train.loader import RESULT_PIPE_BYTES, SWITCH_INTERVAL, StepLoader
+from vlm.train.loader import RESULT_PIPE_BYTES, SWITCH_INTERVAL, StepLoader, threads_beside_workers
 
 
 class CountingMixture:
@@ -150,3 +150,24 @@ def test_with_workers_the_next_step_is_collated_while_this_one_trains():
         assert loader.collating >= 0.6  # both steps' collation counted, though the second one's was not waited for
     finally:
         loader.close()
+
+
+def test_a_gpu_step_leaves_the_workers_their_cores_until_close(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert threads_beside_workers(14) == 2 and threads_beside_workers(20) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's processes on this machine share its cores
+    assert threads_beside_workers(6) == 2
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        loader = StepLoader(CountingMixture(), PictureRows(), batch_size=4, micro_batch=4,
+                            slice_of=lambda draws: draws, workers=15, leave_cores=True)
+        try:
+            assert torch.get_num_threads() == 1
+            loader.next_step()
+        finally:
+            loader.close()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

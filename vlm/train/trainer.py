@@ -162,7 +162,7 @@ class Trainer:
         self.collate = self._collator(config.data.sources, pixels=cache is None)
         self.loader = StepLoader(  # before the model moves to a GPU: its workers fork
             self.mixture, self.collate, batch_size=run.batch_size, micro_batch=self.micro_batch,
-            slice_of=self._my_share, workers=run.data_workers,
+            slice_of=self._my_share, workers=run.data_workers, leave_cores=world.device.type == "cuda",
         )
         self.validation = None
         if config.data.validation:

@@ -116,7 +116,8 @@ class StepLoader:
     are the limit, far below 1 with batches still late says the crossing to this process is. `collating` adds up
     the seconds spent padding and stacking them into batches. With workers, that happens in a thread while the
     step before trains: on the H100 (run 16) collating in the training process took 0.54 of the run, and the
-    GPU waited all that time (the trainer's wait for batches was 0.55).
+    GPU waited all that time (the trainer's wait for batches was 0.55); with this thread and `leave_cores` the
+    same run waited 0.01 and trained 323 examples a second where it had trained 155.
     """
 
     def __init__(self, mixture: Mixture, collate: Collator, *, batch_size: int, micro_batch: int,

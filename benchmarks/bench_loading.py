@@ -53,7 +53,7 @@ def per_source(config, collate: Collator, tokenizer, examples: int) -> None:
 
 
 def through_loader(config, collate: Collator, tokenizer, workers: int, steps: int, batch_size: int, *,
-                   train_step=lambda: None, switch_interval: float | None = None) -> tuple[float, float]:
+                   train_step=lambda: None, switch_interval: float | None = None) -> tuple[float, float, float]:
     """(examples a second, data_wait, collating) over `steps` steps after two of warm-up, each step followed by
     train_step(); the last two as shares of the time, as the trainer logs them."""
     mixture = build_mixture(config.data.sources, tokenizer=tokenizer, seed=config.run.seed)

@@ -151,40 +151,43 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if (self.run.steps is None) == (self.run.epochs is None):
             raise ConfigError("set exactly one of run.steps and run.epochs")
-        if self.run.init_from is not None and not self.model.half_stride_features:
-            if saved_model_config(self.run.init_from).get("half_stride_features"):
+        if self.run.init_from is not None:
+            saved_half_stride = saved_model_config(self.run.init_from).get("half_stride_features")
+            if saved_half_stride and not self.model.half_stride_features:
                 raise ConfigError(f"run.init_from: {self.run.init_from} was trained with model.half_stride_features: "
                                   "true; set it here too (--set model.half_stride_features=true)")
-        if self.run.init_from is not None:
             self._check_init_from_blocks()
 
     def _check_init_from_blocks(self):
         """The saved adapters' cross-attention blocks must all have a place here (new ones may be added)."""
+        meta = saved_config(self.run.init_from)
         try:
-            meta = json.loads((Path(self.run.init_from) / "config.json").read_text())
-            saved, layers = meta["model"], meta["backbones"]["lm_num_layers"]
+            layers, saved = meta["backbones"]["lm_num_layers"], meta["model"]
             every, first = saved.get("cross_attn_every_n_layers", 1), saved.get("cross_attn_first_layer", 0)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return  # an older or unreadable config: loading the adapters says what does not fit
-        here = self.model.cross_attn_every_n_layers, self.model.cross_attn_first_layer
-        try:
+            here = self.model.cross_attn_every_n_layers, self.model.cross_attn_first_layer
             left_out = sorted(set(cross_attention_layer_indices(layers, every_n=every, first=first))
                               - set(cross_attention_layer_indices(layers, every_n=here[0], first=here[1])))
-        except ValueError:  # no block at all: building the model says so
-            return
+        except (KeyError, TypeError, AttributeError, ValueError):
+            return  # an older or unreadable config, or no block at all: loading the model says what does not fit
         if left_out:
             raise ConfigError(f"run.init_from: {self.run.init_from} has cross-attention before decoder layers "
                               f"{left_out}, which model: leaves out; it was trained with cross_attn_every_n_layers "
-                              f"{every} and cross_attn_first_layer {first} (--set model.cross_attn_first_layer={first})")
+                              f"{every} and cross_attn_first_layer {first} "
+                              f"(--set model.cross_attn_first_layer={first})")
+
+
+def saved_config(folder: str | Path) -> dict:
+    """A saved folder's config.json; {} when it has none or cannot be read (loading the adapters then says why)."""
+    try:
+        meta = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def saved_model_config(folder: str | Path) -> dict:
-    """The model section of a saved folder's config.json; {} when it has none or cannot be read (loading the
-    adapters then says why)."""
-    try:
-        model = json.loads((Path(folder) / "config.json").read_text()).get("model", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
+    """The model section of a saved folder's config.json; {} when it has none or cannot be read."""
+    model = saved_config(folder).get("model", {})
     return model if isinstance(model, dict) else {}
 
 

@@ -162,7 +162,8 @@ class StepLoader:
         return state, done
 
     def _assemble(self, tasks) -> tuple[list[Batch], Counter, float, float]:
-        """A step's draws or task results -> (its micro-batches, examples skipped, workers' seconds, seconds collating)."""
+        """A step's draws or task results -> (its micro-batches, examples skipped, workers' seconds, seconds
+        collating)."""
         skipped, busy = Counter(), 0.0
         if self.pool:
             rows = []

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.test_model import open_gates, tiny_config
-from vlm.config import ConfigError
-from vlm.model import build_model
+from vlm.config import ConfigError, ModelConfig
+from vlm.model import VisionLanguageModel, build_model
 from vlm.resampler import PerceiverResampler
 
 
@@ -60,6 +60,28 @@ def test_frames_of_one_image_start_each_latent_from_the_mean_of_its_cell():
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("radius, reached", [
+    (0, [5]),
+    (1, [0, 1, 2, 4, 5, 6, 8, 9, 10]),  # the 3x3 cells around row 1, column 1 of a 3x4 grid
+    (None, list(range(12))),  # no radius: every latent reads the whole picture
+])
+def test_a_latent_kept_to_its_place_reads_only_the_cells_within_its_radius(radius, reached):
+    resampler = grid_resampler(num_latents=12, grid_size=(3, 4), grid_radius=radius)
+    media = torch.randn(1, 1, 2, 12, 8)  # (b, m, frames, cells, media_dim)
+    changed = media.clone()
+    changed[0, 0, 1, 5] += 5.0  # cell 5 (row 1, column 1) in the second frame
+    with torch.no_grad():
+        moved = (resampler(changed) - resampler(media)).norm(dim=-1)[0, 0]  # (latents,)
+    assert (moved > 1e-6).nonzero().flatten().tolist() == reached
+
+
+def test_grid_radius_needs_grid_latents():
+    with pytest.raises(ValueError, match="grid_radius needs grid_latents"):
+        grid_resampler(grid_latents=False, grid_radius=1)
+    with pytest.raises(ConfigError, match="model.resampler_grid_radius needs model.grid_latents: true"):
+        ModelConfig(num_latents=6, resampler_grid_radius=1)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(num_latents=4), "4 latents, a 2x3 grid of 6 cells"),
     (dict(grid_size=None), "6 latents, no grid"),
@@ -83,3 +105,17 @@ def test_a_model_with_grid_latents_trains(tiny_lm_dir):
 def test_a_model_whose_latents_do_not_fit_the_grid_names_the_count_it_needs(tiny_lm_dir):
     with pytest.raises(ConfigError, match=r"model.grid_latents needs model.num_latents = 6, the cells of the encoder's 2x3 token grid at image_size \[64, 96\]; got 4"):
         build_model(tiny_config(tiny_lm_dir, "timm", num_latents=4, grid_latents=True))
+
+
+def test_a_model_with_latents_kept_to_their_places_saves_and_loads_them(tiny_lm_dir, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(tiny_lm_dir, "timm", num_latents=6, grid_latents=True, resampler_grid_radius=0))
+    open_gates(model)
+    pixels = torch.randn(1, 1, 3, 64, 96)
+    text = model.tokenizer("<image> a cat", return_tensors="pt", add_special_tokens=False).input_ids
+    model.save_pretrained(tmp_path / "run")
+    torch.manual_seed(0)  # the tiny vision tower is random: rebuild the same one
+    loaded = VisionLanguageModel.from_pretrained(tmp_path / "run")
+    assert loaded.config.resampler_grid_radius == 0 and loaded.resampler.local.equal(torch.eye(6, dtype=torch.bool))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(text, pixel_values=pixels)["hidden"], model(text, pixel_values=pixels)["hidden"])

@@ -42,6 +42,7 @@ class ModelConfig:
     max_frames: int = 8
     spatial_positions: bool = True  # learned 2-D positions on the image tokens
     grid_latents: bool = False  # latent i starts from grid cell i's token: needs num_latents == grid cells
+    resampler_grid_radius: int | None = None  # r: each grid latent reads only the cells within r of its own; None: all
     # gated cross-attention
     cross_attn_every_n_layers: int = 1
     cross_attn_first_layer: int = 0  # no blocks below this decoder layer (no backward pass below it either)
@@ -63,6 +64,9 @@ class ModelConfig:
             raise ConfigError(f"model.colour_grid must be >= 0, got {self.colour_grid}")
         if self.grid_latents and not self.spatial_positions:
             raise ConfigError("model.grid_latents needs model.spatial_positions: true (the latents are the grid's cells)")
+        if self.resampler_grid_radius is not None and (not self.grid_latents or self.resampler_grid_radius < 0):
+            raise ConfigError(f"model.resampler_grid_radius needs model.grid_latents: true and a radius >= 0, "
+                              f"got {self.resampler_grid_radius} (grid_latents: {str(self.grid_latents).lower()})")
         if self.cross_attn_first_layer < 0:
             raise ConfigError(f"model.cross_attn_first_layer must be >= 0, got {self.cross_attn_first_layer}")
         for name in ("lm_dtype", "vision_dtype"):

@@ -86,6 +86,7 @@ class VisionLanguageModel(nn.Module):
             ff_mult=config.resampler_ff_mult,
             grid_size=vision.grid_size if config.spatial_positions else None,
             grid_latents=config.grid_latents,
+            grid_radius=config.resampler_grid_radius,
         )
         layers = find_decoder_layers(lm, config.decoder_layers_attr)
         self.cross_attn_layers = cross_attention_layer_indices(

@@ -26,14 +26,15 @@ class PerceiverAttention(nn.Module):
         self.to_kv = nn.Linear(dim, inner * 2, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        # media: (b, n_media_tokens, d), latents: (b, n_latents, d)
+    def forward(self, media: torch.Tensor, latents: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # media: (b, n_media_tokens, d), latents: (b, n_latents, d); mask: (n_latents, n_media_tokens + n_latents),
+        # True where a latent may attend, or None for everywhere
         media = self.norm_media(media)
         latents = self.norm_latents(latents)
         q = self.to_q(latents)
         k, v = self.to_kv(torch.cat((media, latents), dim=1)).chunk(2, dim=-1)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -49,6 +50,11 @@ class PerceiverResampler(nn.Module):
     (the mean over frames) instead of from the learned latent alone. Learned latents read content wherever it
     is: run 2 of the default model's latents settled on a few cells per head, and the decoder could place
     pix2code's buttons but not say which one was green. A latent that is its cell keeps what is where.
+
+    `grid_radius` r (needs `grid_latents`) keeps each latent to its place: latent i reads only the tokens of the
+    cells within r rows and r columns of cell i (in every frame) and itself, not the other latents. Without it a
+    latent reads the whole picture, and the shipped model's decoder reads colours from latents that summarise
+    the page rather than from the button's own cell (`benchmarks/probe_column_attention.py`).
     """
 
     def __init__(
@@ -64,12 +70,20 @@ class PerceiverResampler(nn.Module):
         ff_mult: int = 4,
         grid_size: tuple[int, int] | None = None,
         grid_latents: bool = False,
+        grid_radius: int | None = None,
     ):
         super().__init__()
         if grid_latents and (grid_size is None or num_latents != grid_size[0] * grid_size[1]):
             grid = "no grid" if grid_size is None else f"a {grid_size[0]}x{grid_size[1]} grid of {grid_size[0] * grid_size[1]} cells"
             raise ValueError(f"grid_latents needs one latent per cell of the image's token grid: {num_latents} latents, {grid}")
+        if grid_radius is not None and (not grid_latents or grid_radius < 0):
+            raise ValueError(f"grid_radius needs grid_latents and a radius >= 0, got {grid_radius} (grid_latents={grid_latents})")
         self.grid_latents = grid_latents
+        near = None
+        if grid_radius is not None:  # (latents, cells): cell j within grid_radius rows and columns of latent i's cell
+            row, col = torch.arange(num_latents) // grid_size[1], torch.arange(num_latents) % grid_size[1]
+            near = ((row[:, None] - row[None]).abs() <= grid_radius) & ((col[:, None] - col[None]).abs() <= grid_radius)
+        self.register_buffer("local", near, persistent=False)
         self.project = nn.Linear(media_dim, dim)
         self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
         self.frame_embeddings = nn.Parameter(torch.zeros(max_frames, dim))
@@ -102,7 +116,11 @@ class PerceiverResampler(nn.Module):
         if self.grid_latents:
             latents = latents + reduce(x, "b m f n d -> (b m) n d", "mean")
         x = rearrange(x, "b m f n d -> (b m) (f n) d")
+        mask = None
+        if self.local is not None:  # (latents, f*n + latents): its cells in every frame, then itself alone
+            itself = torch.eye(len(self.local), dtype=torch.bool, device=self.local.device)
+            mask = torch.cat((repeat(self.local, "l n -> l (f n)", f=f), itself), dim=1)
         for attention, ff in self.layers:
-            latents = attention(x, latents) + latents
+            latents = attention(x, latents, mask=mask) + latents
             latents = ff(latents) + latents
         return rearrange(self.norm(latents), "(b m) l d -> b m l d", b=b)

@@ -153,6 +153,9 @@ def page_buttons(net: VisionLanguageModel, seed: int, *, vocabulary: str, style:
 
 def summary(buttons: list[Button]) -> list[tuple]:
     """Per block: (block, own column's share: all, where right, where wrong, chance; the row's share, chance)."""
+    if not buttons:
+        raise ValueError("no coloured button in a column beside other columns on these pages: "
+                         "try more --pages, or the pix2code vocabulary")
     def mean(values):
         return sum(values) / len(values) if values else float("nan")
     rows = []
@@ -172,15 +175,21 @@ def main():
     parser.add_argument("--style", choices=("pix2code", "sketch", "wireframe"), default="pix2code")
     parser.add_argument("--dtype", default="bfloat16")
     args = parser.parse_args()
+    if args.pages < 1:
+        parser.error(f"--pages must be >= 1, got {args.pages}")
     model = vlm.load(args.model, dtype=args.dtype)
     start, buttons = time.perf_counter(), []
     for seed in range(HELD_OUT_SEED, HELD_OUT_SEED + args.pages):
         buttons += page_buttons(model.model, seed, vocabulary=args.vocabulary, style=args.style)
+    try:
+        rows = summary(buttons)
+    except ValueError as e:
+        raise SystemExit(f"probe_column_attention.py: {e}") from None
     right = sum(b.right for b in buttons)
     print(f"model: {args.model or 'shipped'}  {args.pages} pages ({args.vocabulary}, {args.style}): {len(buttons)} "
           f"buttons in a column beside others, colour first-token right {right} ({time.perf_counter() - start:.0f} s)")
     print("block  own column's share of the row's  where right  where wrong  chance  row's share of all  chance")
-    for key, share, where_right, where_wrong, chance, row, row_chance in summary(buttons):
+    for key, share, where_right, where_wrong, chance, row, row_chance in rows:
         print(f"{key:>5}  {share:34.3f}  {where_right:11.3f}  {where_wrong:11.3f}  {chance:6.3f}  "
               f"{row:18.3f}  {row_chance:6.3f}")
 

@@ -75,3 +75,8 @@ def test_a_latent_is_placed_at_its_cell_row_by_row(tiny_model):  # noqa: F811
     page = probe.Box(token="body", x=0, y=0, w=800, h=300, parent="")
     assert probe.inside(cells, page, 0.5, 400.0, 0.0, (800, 150)).tolist() == (latent % 8 >= 4).tolist()
     assert probe.inside(cells, bottom_row, 1.0, 0.0, 0.0, (800, 300)).tolist() == (latent >= 24).tolist()
+
+
+def test_pages_without_a_button_to_place_are_named_not_averaged():
+    with pytest.raises(ValueError, match="no coloured button in a column beside other columns"):
+        probe.summary([])

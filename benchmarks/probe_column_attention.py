@@ -10,9 +10,10 @@ block's attention over the image's latents is read, averaged over heads. With `g
 from the encoder's cell i, so a latent has a place: the share of the row's attention (the latents inside any
 column of the button's row) that falls inside the button's own column is reported per block, beside chance
 (that column's share of the row's latents), for the buttons whose colour the model puts first and for the
-others; and the row's share of all the attention, beside the row's share of the latents. The resampler's
-latents attend to the whole picture, so a latent is its cell only to a first approximation. A share at chance
-where the colour is wrong says the model looked at the wrong column, or at none.
+others; and the row's share of all the attention, beside the row's share of the latents. Without
+`resampler_grid_radius` the resampler's latents attend to the whole picture, so a latent is its cell only to a
+first approximation; with it, a latent reads only its cell's neighbourhood. A share at chance where the colour
+is wrong says the model looked at the wrong column, or at none.
 """
 
 import argparse

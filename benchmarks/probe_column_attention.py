@@ -10,10 +10,10 @@ block's attention over the image's latents is read, averaged over heads. With `g
 from the encoder's cell i, so a latent has a place: the share of the row's attention (the latents inside any
 column of the button's row) that falls inside the button's own column is reported per block, beside chance
 (that column's share of the row's latents), for the buttons whose colour the model puts first and for the
-others; and the row's share of all the attention, beside the row's share of the latents. Without
-`resampler_grid_radius` the resampler's latents attend to the whole picture, so a latent is its cell only to a
-first approximation; with it, a latent reads only its cell's neighbourhood. A share at chance where the colour
-is wrong says the model looked at the wrong column, or at none.
+others; the row's share of all the attention, beside the row's share of the latents; and the share on the
+`global_latents`, which have no place. Without `resampler_grid_radius` the resampler's latents attend to the
+whole picture, so a latent is its cell only to a first approximation; with it, a latent reads only its cell's
+neighbourhood. A share at chance where the colour is wrong says the model looked at the wrong column, or at none.
 """
 
 import argparse
@@ -42,16 +42,17 @@ class Button:
     word: str  # btn-green, ...
     right: bool  # the model's most likely token at the deciding position is this colour's
     shares: dict[str, tuple[float, ...]]  # block -> (own column's share of the row's attention, chance,
-    #                                          the row's share of all the attention, chance)
+    #                                          the row's share of all the attention, chance, global latents' share)
 
 
 def latent_cells(net: VisionLanguageModel) -> torch.Tensor:
-    """(latents, 2) centres (x, y) of the latents' cells, as fractions of the picture's width and height."""
+    """(latents, 2) centres (x, y) of the latents' cells, as fractions of the picture's width and height; NaN for
+    the global latents after the grid's, which have no place (and so lie inside no box)."""
     if not net.config.grid_latents:
         raise ValueError("this probe needs a model with grid_latents: only then is latent i the encoder's cell i")
     rows, cols = net.vision.grid_size
     y, x = torch.meshgrid((torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols, indexing="ij")
-    return torch.stack((x.flatten(), y.flatten()), dim=1)
+    return torch.cat((torch.stack((x.flatten(), y.flatten()), dim=1), torch.full((net.config.global_latents, 2), float("nan"))))
 
 
 def inside(cells: torch.Tensor, box: Box, scale: float, left: float, top: float, size: tuple[int, int]) -> torch.Tensor:
@@ -147,13 +148,14 @@ def page_buttons(net: VisionLanguageModel, seed: int, *, vocabulary: str, style:
         for key, weights in attention.items():
             in_row = weights[query][row_cells].sum().item()
             shares[key] = (weights[query][own].sum().item() / in_row, own.sum().item() / row_cells.sum().item(),
-                           in_row, row_cells.float().mean().item())
+                           in_row, row_cells.float().mean().item(), weights[query][cells[:, 0].isnan()].sum().item())
         out.append(Button(word, right, shares))
     return out
 
 
 def summary(buttons: list[Button]) -> list[tuple]:
-    """Per block: (block, own column's share: all, where right, where wrong, chance; the row's share, chance)."""
+    """Per block: (block, own column's share: all, where right, where wrong, chance; the row's share, chance;
+    the global latents' share)."""
     if not buttons:
         raise ValueError("no coloured button in a column beside other columns on these pages: "
                          "try more --pages, or the pix2code vocabulary")
@@ -161,10 +163,11 @@ def summary(buttons: list[Button]) -> list[tuple]:
         return sum(values) / len(values) if values else float("nan")
     rows = []
     for key in buttons[0].shares:
-        share, chance, row, row_chance = ([b.shares[key][i] for b in buttons] for i in range(4))
+        share, chance, row, row_chance, global_share = ([b.shares[key][i] for b in buttons] for i in range(5))
         right = [b.shares[key][0] for b in buttons if b.right]
         wrong = [b.shares[key][0] for b in buttons if not b.right]
-        rows.append((key, mean(share), mean(right), mean(wrong), mean(chance), mean(row), mean(row_chance)))
+        rows.append((key, mean(share), mean(right), mean(wrong), mean(chance), mean(row), mean(row_chance),
+                     mean(global_share)))
     return rows
 
 
@@ -189,10 +192,11 @@ def main():
     right = sum(b.right for b in buttons)
     print(f"model: {args.model or 'shipped'}  {args.pages} pages ({args.vocabulary}, {args.style}): {len(buttons)} "
           f"buttons in a column beside others, colour first-token right {right} ({time.perf_counter() - start:.0f} s)")
-    print("block  own column's share of the row's  where right  where wrong  chance  row's share of all  chance")
-    for key, share, where_right, where_wrong, chance, row, row_chance in rows:
+    print("block  own column's share of the row's  where right  where wrong  chance  row's share of all  chance"
+          "  global latents' share")
+    for key, share, where_right, where_wrong, chance, row, row_chance, global_share in rows:
         print(f"{key:>5}  {share:34.3f}  {where_right:11.3f}  {where_wrong:11.3f}  {chance:6.3f}  "
-              f"{row:18.3f}  {row_chance:6.3f}")
+              f"{row:18.3f}  {row_chance:6.3f}  {global_share:21.3f}")
 
 
 if __name__ == "__main__":

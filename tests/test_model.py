@@ -315,6 +315,26 @@ def test_adapters_without_half_stride_features_start_a_model_with_them_unchanged
         wide.load_adapters(tmp_path / "no-projection.safetensors", new_token_channels=True)
 
 
+def test_adapters_without_global_latents_start_a_model_with_them_fresh(tiny_lm_dir, tmp_path):
+    torch.manual_seed(0)
+    grid = dict(num_latents=6, grid_latents=True, resampler_grid_radius=1)
+    plain = build_model(tiny_config(tiny_lm_dir, **grid))
+    plain.save_pretrained(tmp_path / "plain")
+    torch.manual_seed(1)
+    with_globals = build_model(tiny_config(tiny_lm_dir, **grid, global_latents=3))
+    fresh = with_globals.resampler.global_latents.detach().clone()
+    weights = tmp_path / "plain" / "adapter.safetensors"
+    with pytest.raises(ValueError, match=r"does not fit this model: missing \['resampler.global_latents'\]"):
+        with_globals.load_adapters(weights)
+    with_globals.load_adapters(weights, new_global_latents=True)
+    assert torch.equal(with_globals.resampler.latents, plain.resampler.latents)
+    assert torch.equal(with_globals.resampler.global_latents, fresh)
+
+    with_globals.save_pretrained(tmp_path / "globals")  # the other way round: saved global latents have no place
+    with pytest.raises(ValueError, match=r"unexpected \['resampler.global_latents'\]"):
+        plain.load_adapters(tmp_path / "globals" / "adapter.safetensors", new_global_latents=True)
+
+
 def test_adapters_with_fewer_cross_attention_blocks_start_a_deeper_model_unchanged(tiny_lm_dir, tmp_path):
     torch.manual_seed(0)
     upper = build_model(tiny_config(tiny_lm_dir, cross_attn_every_n_layers=1, cross_attn_first_layer=2))

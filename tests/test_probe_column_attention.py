@@ -44,8 +44,9 @@ def test_attention_at_the_colour_is_each_blocks_softmax_and_leaves_the_logits_al
         torch.testing.assert_close(weights.sum(-1), torch.ones(input_ids.shape[1]))
 
 
-def test_attention_spread_evenly_scores_chance_in_every_column_and_row(tiny_model):  # noqa: F811
-    net = grid_model(tiny_model)
+@pytest.mark.parametrize("global_latents", [0, 4])
+def test_attention_spread_evenly_scores_chance_in_every_column_and_row(tiny_model, global_latents):  # noqa: F811
+    net = grid_model(tiny_model, global_latents=global_latents)
     with torch.no_grad():
         for block in net.cross_attn.values():  # queries of zero: every latent gets the same weight
             block.attention.to_q.weight.zero_()
@@ -53,9 +54,10 @@ def test_attention_spread_evenly_scores_chance_in_every_column_and_row(tiny_mode
     assert buttons, "the pages hold coloured buttons in rows of several columns"
     assert {b.word for b in buttons} <= set(probe.COLOURS)
     for button in buttons:
-        for share, chance, row, row_chance in button.shares.values():
+        for share, chance, row, row_chance, global_share in button.shares.values():
             assert 0 < chance < 1 and 0 < row_chance < 1
             assert share == pytest.approx(chance, abs=1e-5) and row == pytest.approx(row_chance, abs=1e-5)
+            assert global_share == pytest.approx(global_latents / (32 + global_latents), abs=1e-5)
 
 
 def test_a_model_without_grid_latents_is_refused_by_name(tiny_model):  # noqa: F811

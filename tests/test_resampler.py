@@ -75,6 +75,31 @@ def test_a_latent_kept_to_its_place_reads_only_the_cells_within_its_radius(radiu
     assert (moved > 1e-6).nonzero().flatten().tolist() == reached
 
 
+@pytest.mark.parametrize("radius, reached", [
+    (0, [5]),
+    (None, list(range(12))),
+])
+def test_global_latents_read_the_whole_picture_beside_grid_latents_kept_to_their_places(radius, reached):
+    resampler = grid_resampler(num_latents=12, grid_size=(3, 4), grid_radius=radius, global_latents=2)
+    media = torch.randn(1, 1, 12, 8)  # (b, m, cells, media_dim)
+    changed = media.clone()
+    changed[0, 0, 5] += 5.0
+    with torch.no_grad():
+        out = resampler(media)
+        moved = (resampler(changed) - out).norm(dim=-1)[0, 0]  # (cells + global latents,)
+    assert out.shape == (1, 1, 14, 16)
+    assert (moved > 1e-6).nonzero().flatten().tolist() == reached + [12, 13]
+
+
+def test_global_latents_need_grid_latents():
+    with pytest.raises(ValueError, match="global_latents needs grid_latents and a count >= 0, got 2"):
+        grid_resampler(grid_latents=False, global_latents=2)
+    with pytest.raises(ConfigError, match="model.global_latents needs model.grid_latents: true and a count >= 0, got 2"):
+        ModelConfig(num_latents=6, global_latents=2)
+    with pytest.raises(ConfigError, match="model.global_latents needs .* got -1"):
+        ModelConfig(num_latents=6, grid_latents=True, global_latents=-1)
+
+
 def test_grid_radius_needs_grid_latents():
     with pytest.raises(ValueError, match="grid_radius needs grid_latents"):
         grid_resampler(grid_latents=False, grid_radius=1)
@@ -109,7 +134,8 @@ def test_a_model_whose_latents_do_not_fit_the_grid_names_the_count_it_needs(tiny
 
 def test_a_model_with_latents_kept_to_their_places_saves_and_loads_them(tiny_lm_dir, tmp_path):
     torch.manual_seed(0)
-    model = build_model(tiny_config(tiny_lm_dir, "timm", num_latents=6, grid_latents=True, resampler_grid_radius=0))
+    model = build_model(tiny_config(tiny_lm_dir, "timm", num_latents=6, grid_latents=True, resampler_grid_radius=0,
+                                    global_latents=2))
     open_gates(model)
     pixels = torch.randn(1, 1, 3, 64, 96)
     text = model.tokenizer("<image> a cat", return_tensors="pt", add_special_tokens=False).input_ids
@@ -117,5 +143,6 @@ def test_a_model_with_latents_kept_to_their_places_saves_and_loads_them(tiny_lm_
     torch.manual_seed(0)  # the tiny vision tower is random: rebuild the same one
     loaded = VisionLanguageModel.from_pretrained(tmp_path / "run")
     assert loaded.config.resampler_grid_radius == 0 and loaded.resampler.local.equal(torch.eye(6, dtype=torch.bool))
+    assert loaded.config.global_latents == 2 and torch.equal(loaded.resampler.global_latents, model.resampler.global_latents)
     with torch.no_grad():
         torch.testing.assert_close(loaded(text, pixel_values=pixels)["hidden"], model(text, pixel_values=pixels)["hidden"])

@@ -434,6 +434,20 @@ def test_init_from_adapters_with_fewer_cross_attention_blocks_adds_fresh_ones(tm
         load_train_config(write_recipe(tmp_path / "c.yaml", back))
 
 
+def test_init_from_adapters_without_global_latents_starts_them_fresh(tmp_path, readable_lm, shapes, capsys):
+    grid = tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2)
+    grid["model"].update(num_latents=6, grid_latents=True, resampler_grid_radius=0)  # resnet10t at 64x96: 2x3 cells
+    first = run_recipe(tmp_path, grid)
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "second", init_from=str(first.final))
+    recipe["model"] = {**grid["model"], "global_latents": 2}
+    trainer = Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)), world=init_world("cpu"))
+    state, saved = trainer.model.adapter_state_dict(), adapter(first.final)
+    assert sorted(key for key in state if key not in saved) == ["resampler.global_latents"]
+    for key, value in saved.items():
+        assert torch.equal(state[key], value), key
+    assert "trained without global latents; the resampler's 2 start fresh" in capsys.readouterr().out
+
+
 def test_init_from_adapters_without_half_stride_features_widens_the_token_projection(tmp_path, readable_lm, shapes):
     first = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2))
     recipe = tiny_recipe(readable_lm, shapes, tmp_path / "second", steps=2, init_from=str(first.final))

@@ -87,6 +87,7 @@ class VisionLanguageModel(nn.Module):
             grid_size=vision.grid_size if config.spatial_positions else None,
             grid_latents=config.grid_latents,
             grid_radius=config.resampler_grid_radius,
+            global_latents=config.global_latents,
         )
         layers = find_decoder_layers(lm, config.decoder_layers_attr)
         self.cross_attn_layers = cross_attention_layer_indices(
@@ -309,7 +310,7 @@ class VisionLanguageModel(nn.Module):
         return model
 
     def load_adapters(self, weights: Path, *, expected: dict | None = None, new_token_channels: bool = False,
-                      new_blocks: bool = False) -> list[int]:
+                      new_blocks: bool = False, new_global_latents: bool = False) -> list[int]:
         """Load adapter weights saved by `save_pretrained`, checking they were trained for these backbones.
 
         `new_token_channels`: the adapters were trained on image tokens without channels this model appends at
@@ -318,6 +319,8 @@ class VisionLanguageModel(nn.Module):
         `new_blocks`: cross-attention blocks at decoder layers the saved adapters have none for keep their fresh
         weights (a run's init_from with a lower `cross_attn_first_layer`); their gates start at zero, so again the
         model computes what the saved one did. Returns the layers of those fresh blocks.
+        `new_global_latents`: the adapters were trained without the resampler's global latents; they start fresh
+        (the decoder then reads them beside the grid's, so unlike the two above this changes what the model computes).
         """
         found = self.backbone_signature()
         ignored = ("lm", "vision", "vision_width") if new_token_channels else ("lm", "vision")
@@ -339,6 +342,8 @@ class VisionLanguageModel(nn.Module):
             fresh_layers = [i for i in self.cross_attn_layers if str(i) not in saved_blocks]
             fresh = tuple(f"cross_attn.{i}." for i in fresh_layers)
             missing = [key for key in missing if not key.startswith(fresh)]
+        if new_global_latents:
+            missing = [key for key in missing if key != GLOBAL_LATENTS]
         unexpected = sorted(set(state) - set(own))
         wrong_shape = [k for k in own if k in state and state[k].shape != own[k].shape]
         if missing or unexpected or wrong_shape:
@@ -365,6 +370,7 @@ def read_config(directory: Path, **overrides) -> ModelConfig:
 
 
 PROJECTION = "resampler.project.weight"  # (dim, token channels): the one adapter weight that sees the tokens' width
+GLOBAL_LATENTS = "resampler.global_latents"
 
 
 def _widen_columns(saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ class PerceiverAttention(nn.Module):
 
 
 class PerceiverResampler(nn.Module):
-    """Maps each image's tokens (b, m, f, n, media_dim) to `num_latents` latents (b, m, num_latents, dim).
+    """Maps each image's tokens (b, m, f, n, media_dim) to latents (b, m, num_latents + global_latents, dim).
 
     m images per sample, f frames per image (1 for a still image), n tokens per frame.
     `grid_size` (rows, cols) of the encoder's token grid adds learned 2-D positions to the tokens,
@@ -55,6 +55,10 @@ class PerceiverResampler(nn.Module):
     cells within r rows and r columns of cell i (in every frame) and itself, not the other latents. Without it a
     latent reads the whole picture, and the shipped model's decoder reads colours from latents that summarise
     the page rather than from the button's own cell (`benchmarks/probe_column_attention.py`).
+
+    `global_latents` g (needs `grid_latents`) appends g learned latents after the grid's that read the whole
+    picture and every latent, as Flamingo's do. Kept to their places by `grid_radius`, the grid latents lose what
+    is read across a row or the page (a row's column kinds, how many buttons): these carry it beside them.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class PerceiverResampler(nn.Module):
         grid_size: tuple[int, int] | None = None,
         grid_latents: bool = False,
         grid_radius: int | None = None,
+        global_latents: int = 0,
     ):
         super().__init__()
         if grid_latents and (grid_size is None or num_latents != grid_size[0] * grid_size[1]):
@@ -78,6 +83,8 @@ class PerceiverResampler(nn.Module):
             raise ValueError(f"grid_latents needs one latent per cell of the image's token grid: {num_latents} latents, {grid}")
         if grid_radius is not None and (not grid_latents or grid_radius < 0):
             raise ValueError(f"grid_radius needs grid_latents and a radius >= 0, got {grid_radius} (grid_latents={grid_latents})")
+        if global_latents < 0 or (global_latents and not grid_latents):
+            raise ValueError(f"global_latents needs grid_latents and a count >= 0, got {global_latents} (grid_latents={grid_latents})")
         self.grid_latents = grid_latents
         near = None
         if grid_radius is not None:  # (latents, cells): cell j within grid_radius rows and columns of latent i's cell
@@ -86,6 +93,7 @@ class PerceiverResampler(nn.Module):
         self.register_buffer("local", near, persistent=False)
         self.project = nn.Linear(media_dim, dim)
         self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
+        self.global_latents = nn.Parameter(torch.randn(global_latents, dim) * 0.02) if global_latents else None
         self.frame_embeddings = nn.Parameter(torch.zeros(max_frames, dim))
         self.grid_size = tuple(grid_size) if grid_size is not None else None
         if self.grid_size is not None:
@@ -115,12 +123,21 @@ class PerceiverResampler(nn.Module):
         latents = repeat(self.latents, "l d -> bm l d", bm=b * m)
         if self.grid_latents:
             latents = latents + reduce(x, "b m f n d -> (b m) n d", "mean")
+        if self.global_latents is not None:  # (bm, cells + g, d): the grid's latents first, so latent i is still cell i
+            latents = torch.cat((latents, repeat(self.global_latents, "g d -> bm g d", bm=b * m)), dim=1)
         x = rearrange(x, "b m f n d -> (b m) (f n) d")
-        mask = None
-        if self.local is not None:  # (latents, f*n + latents): its cells in every frame, then itself alone
-            itself = torch.eye(len(self.local), dtype=torch.bool, device=self.local.device)
-            mask = torch.cat((repeat(self.local, "l n -> l (f n)", f=f), itself), dim=1)
+        mask = None if self.local is None else self._local_mask(frames=f)
         for attention, ff in self.layers:
             latents = attention(x, latents, mask=mask) + latents
             latents = ff(latents) + latents
         return rearrange(self.norm(latents), "(b m) l d -> b m l d", b=b)
+
+    def _local_mask(self, *, frames: int) -> torch.Tensor:
+        """(cells + g, frames*cells + cells + g): a grid latent reads its cells in every frame, then itself alone;
+        a global latent reads everything."""
+        cells, device = len(self.local), self.local.device
+        g = 0 if self.global_latents is None else len(self.global_latents)
+        grid_rows = torch.cat((repeat(self.local, "l n -> l (f n)", f=frames), torch.eye(cells, dtype=torch.bool, device=device),
+                               torch.zeros(cells, g, dtype=torch.bool, device=device)), dim=1)
+        global_rows = torch.ones(g, grid_rows.shape[1], dtype=torch.bool, device=device)
+        return torch.cat((grid_rows, global_rows))

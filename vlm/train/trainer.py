@@ -145,15 +145,20 @@ class Trainer:
             saved = Path(run.init_from)
             try:
                 meta = json.loads((saved / CONFIG_FILE).read_text())
-                saved_half_stride = saved_model_config(saved).get("half_stride_features")
-                new_channels = config.model.half_stride_features and not saved_half_stride
+                saved_model = saved_model_config(saved)
+                new_channels = config.model.half_stride_features and not saved_model.get("half_stride_features")
+                new_globals = config.model.global_latents > 0 and not saved_model.get("global_latents")
                 fresh_layers = model.load_adapters(saved / WEIGHTS_FILE, expected=meta.get("backbones"),
-                                                   new_token_channels=new_channels, new_blocks=True)
+                                                   new_token_channels=new_channels, new_blocks=True,
+                                                   new_global_latents=new_globals)
             except (ValueError, OSError) as error:  # another model's adapters, or an unreadable folder
                 raise ConfigError(f"run.init_from: {error}") from None
             if fresh_layers:
                 self._log(f"run.init_from: {saved} has no cross-attention before decoder layers {fresh_layers}; "
                           "those blocks start fresh with their gates at zero")
+            if new_globals:
+                self._log(f"run.init_from: {saved} was trained without global latents; the resampler's "
+                          f"{config.model.global_latents} start fresh")
             if new_channels:
                 self._log(f"run.init_from: {saved} was trained without half_stride_features; the token projection "
                           f"grows to {model.vision.width} input columns and the new ones start at zero")

@@ -47,12 +47,12 @@ class Button:
 
 def latent_cells(net: VisionLanguageModel) -> torch.Tensor:
     """(latents, 2) centres (x, y) of the latents' cells, as fractions of the picture's width and height; NaN for
-    the global latents after the grid's, which have no place (and so lie inside no box)."""
+    the global latents after the grid's when the decoder reads them, which have no place (and so lie inside no box)."""
     if not net.config.grid_latents:
         raise ValueError("this probe needs a model with grid_latents: only then is latent i the encoder's cell i")
     rows, cols = net.vision.grid_size
     y, x = torch.meshgrid((torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols, indexing="ij")
-    return torch.cat((torch.stack((x.flatten(), y.flatten()), dim=1), torch.full((net.config.global_latents, 2), float("nan"))))
+    return torch.cat((torch.stack((x.flatten(), y.flatten()), dim=1), torch.full((net.resampler.num_output_latents - rows * cols, 2), float("nan"))))
 
 
 def inside(cells: torch.Tensor, box: Box, scale: float, left: float, top: float, size: tuple[int, int]) -> torch.Tensor:

@@ -44,9 +44,14 @@ def test_attention_at_the_colour_is_each_blocks_softmax_and_leaves_the_logits_al
         torch.testing.assert_close(weights.sum(-1), torch.ones(input_ids.shape[1]))
 
 
-@pytest.mark.parametrize("global_latents", [0, 4])
-def test_attention_spread_evenly_scores_chance_in_every_column_and_row(tiny_model, global_latents):  # noqa: F811
-    net = grid_model(tiny_model, global_latents=global_latents)
+@pytest.mark.parametrize("global_latents, read_by, global_share_expected", [
+    (0, "decoder", 0.0),
+    (4, "decoder", 4 / 36),
+    (4, "grid", 0.0),  # read by the grid latents alone: the blocks see the 32 places
+])
+def test_attention_spread_evenly_scores_chance_in_every_column_and_row(tiny_model, global_latents, read_by,  # noqa: F811
+                                                                       global_share_expected):
+    net = grid_model(tiny_model, global_latents=global_latents, global_latents_read_by=read_by)
     with torch.no_grad():
         for block in net.cross_attn.values():  # queries of zero: every latent gets the same weight
             block.attention.to_q.weight.zero_()
@@ -57,7 +62,7 @@ def test_attention_spread_evenly_scores_chance_in_every_column_and_row(tiny_mode
         for share, chance, row, row_chance, global_share in button.shares.values():
             assert 0 < chance < 1 and 0 < row_chance < 1
             assert share == pytest.approx(chance, abs=1e-5) and row == pytest.approx(row_chance, abs=1e-5)
-            assert global_share == pytest.approx(global_latents / (32 + global_latents), abs=1e-5)
+            assert global_share == pytest.approx(global_share_expected, abs=1e-5)
 
 
 def test_a_model_without_grid_latents_is_refused_by_name(tiny_model):  # noqa: F811

@@ -91,6 +91,24 @@ def test_global_latents_read_the_whole_picture_beside_grid_latents_kept_to_their
     assert (moved > 1e-6).nonzero().flatten().tolist() == reached + [12, 13]
 
 
+@pytest.mark.parametrize("radius", [0, None])
+def test_global_latents_read_by_the_grid_carry_the_whole_picture_to_every_place_and_are_not_output(radius):
+    resampler = grid_resampler(num_latents=12, grid_size=(3, 4), grid_radius=radius, global_latents=2,
+                               global_latents_read_by="grid")
+    media = torch.randn(1, 1, 12, 8)
+    changed = media.clone()
+    changed[0, 0, 5] += 5.0
+    with torch.no_grad():
+        out = resampler(media)
+        moved = (resampler(changed) - out).norm(dim=-1)[0, 0]  # (cells,): the global latents are not output
+    assert out.shape == (1, 1, 12, 16) and resampler.num_output_latents == 12
+    assert (moved > 1e-6).all(), "every grid latent reads cell 5 through the global latents, however far it is"
+    resampler.global_latents_read_by = "decoder"  # the same weights, the global latents output instead of read
+    with torch.no_grad():
+        moved = (resampler(changed) - resampler(media)).norm(dim=-1)[0, 0, :12]
+    assert (moved > 1e-6).nonzero().flatten().tolist() == ([5] if radius == 0 else list(range(12)))
+
+
 def test_global_latents_need_grid_latents():
     with pytest.raises(ValueError, match="global_latents needs grid_latents and a count >= 0, got 2"):
         grid_resampler(grid_latents=False, global_latents=2)
@@ -98,6 +116,10 @@ def test_global_latents_need_grid_latents():
         ModelConfig(num_latents=6, global_latents=2)
     with pytest.raises(ConfigError, match="model.global_latents needs .* got -1"):
         ModelConfig(num_latents=6, grid_latents=True, global_latents=-1)
+    with pytest.raises(ValueError, match="global_latents_read_by must be 'decoder' or 'grid', got 'lm'"):
+        grid_resampler(global_latents=2, global_latents_read_by="lm")
+    with pytest.raises(ConfigError, match="model.global_latents_read_by must be 'decoder' or 'grid', got 'lm'"):
+        ModelConfig(num_latents=6, grid_latents=True, global_latents=2, global_latents_read_by="lm")
 
 
 def test_grid_radius_needs_grid_latents():
@@ -132,10 +154,11 @@ def test_a_model_whose_latents_do_not_fit_the_grid_names_the_count_it_needs(tiny
         build_model(tiny_config(tiny_lm_dir, "timm", num_latents=4, grid_latents=True))
 
 
-def test_a_model_with_latents_kept_to_their_places_saves_and_loads_them(tiny_lm_dir, tmp_path):
+@pytest.mark.parametrize("read_by", ["decoder", "grid"])
+def test_a_model_with_latents_kept_to_their_places_saves_and_loads_them(tiny_lm_dir, tmp_path, read_by):
     torch.manual_seed(0)
     model = build_model(tiny_config(tiny_lm_dir, "timm", num_latents=6, grid_latents=True, resampler_grid_radius=0,
-                                    global_latents=2))
+                                    global_latents=2, global_latents_read_by=read_by))
     open_gates(model)
     pixels = torch.randn(1, 1, 3, 64, 96)
     text = model.tokenizer("<image> a cat", return_tensors="pt", add_special_tokens=False).input_ids
@@ -144,5 +167,6 @@ def test_a_model_with_latents_kept_to_their_places_saves_and_loads_them(tiny_lm_
     loaded = VisionLanguageModel.from_pretrained(tmp_path / "run")
     assert loaded.config.resampler_grid_radius == 0 and loaded.resampler.local.equal(torch.eye(6, dtype=torch.bool))
     assert loaded.config.global_latents == 2 and torch.equal(loaded.resampler.global_latents, model.resampler.global_latents)
+    assert loaded.config.global_latents_read_by == read_by
     with torch.no_grad():
         torch.testing.assert_close(loaded(text, pixel_values=pixels)["hidden"], model(text, pixel_values=pixels)["hidden"])

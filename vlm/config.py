@@ -44,6 +44,7 @@ class ModelConfig:
     grid_latents: bool = False  # latent i starts from grid cell i's token: needs num_latents == grid cells
     resampler_grid_radius: int | None = None  # r: each grid latent reads only the cells within r of its own; None: all
     global_latents: int = 0  # g: learned latents after the grid's that read the whole picture (needs grid_latents)
+    global_latents_read_by: str = "decoder"  # "decoder": output after the grid's; "grid": only the grid latents read them
     # gated cross-attention
     cross_attn_every_n_layers: int = 1
     cross_attn_first_layer: int = 0  # no blocks below this decoder layer (no backward pass below it either)
@@ -71,6 +72,8 @@ class ModelConfig:
         if self.global_latents < 0 or (self.global_latents and not self.grid_latents):
             raise ConfigError(f"model.global_latents needs model.grid_latents: true and a count >= 0, "
                               f"got {self.global_latents} (grid_latents: {str(self.grid_latents).lower()})")
+        if self.global_latents_read_by not in ("decoder", "grid"):
+            raise ConfigError(f"model.global_latents_read_by must be 'decoder' or 'grid', got {self.global_latents_read_by!r}")
         if self.cross_attn_first_layer < 0:
             raise ConfigError(f"model.cross_attn_first_layer must be >= 0, got {self.cross_attn_first_layer}")
         for name in ("lm_dtype", "vision_dtype"):

@@ -88,6 +88,7 @@ class VisionLanguageModel(nn.Module):
             grid_latents=config.grid_latents,
             grid_radius=config.resampler_grid_radius,
             global_latents=config.global_latents,
+            global_latents_read_by=config.global_latents_read_by,
         )
         layers = find_decoder_layers(lm, config.decoder_layers_attr)
         self.cross_attn_layers = cross_attention_layer_indices(

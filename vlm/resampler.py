@@ -39,7 +39,7 @@ class PerceiverAttention(nn.Module):
 
 
 class PerceiverResampler(nn.Module):
-    """Maps each image's tokens (b, m, f, n, media_dim) to latents (b, m, num_latents + global_latents, dim).
+    """Maps each image's tokens (b, m, f, n, media_dim) to latents (b, m, num_latents [+ global_latents], dim).
 
     m images per sample, f frames per image (1 for a still image), n tokens per frame.
     `grid_size` (rows, cols) of the encoder's token grid adds learned 2-D positions to the tokens,
@@ -59,6 +59,11 @@ class PerceiverResampler(nn.Module):
     `global_latents` g (needs `grid_latents`) appends g learned latents after the grid's that read the whole
     picture and every latent, as Flamingo's do. Kept to their places by `grid_radius`, the grid latents lose what
     is read across a row or the page (a row's column kinds, how many buttons): these carry it beside them.
+
+    `global_latents_read_by` says who reads them: "decoder" (they are output after the grid's latents) or "grid"
+    (the grid latents read them as well as their own cells, and only the grid's latents are output). With
+    "decoder" the default model's decoder read a button's colour from the global latents, which have no place
+    (run 20); with "grid" what the page as a whole says reaches the decoder only through the latents of places.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class PerceiverResampler(nn.Module):
         grid_latents: bool = False,
         grid_radius: int | None = None,
         global_latents: int = 0,
+        global_latents_read_by: str = "decoder",
     ):
         super().__init__()
         if grid_latents and (grid_size is None or num_latents != grid_size[0] * grid_size[1]):
@@ -85,7 +91,11 @@ class PerceiverResampler(nn.Module):
             raise ValueError(f"grid_radius needs grid_latents and a radius >= 0, got {grid_radius} (grid_latents={grid_latents})")
         if global_latents < 0 or (global_latents and not grid_latents):
             raise ValueError(f"global_latents needs grid_latents and a count >= 0, got {global_latents} (grid_latents={grid_latents})")
+        if global_latents_read_by not in ("decoder", "grid"):
+            raise ValueError(f"global_latents_read_by must be 'decoder' or 'grid', got {global_latents_read_by!r}")
         self.grid_latents = grid_latents
+        self.num_latents = num_latents
+        self.global_latents_read_by = global_latents_read_by
         near = None
         if grid_radius is not None:  # (latents, cells): cell j within grid_radius rows and columns of latent i's cell
             row, col = torch.arange(num_latents) // grid_size[1], torch.arange(num_latents) % grid_size[1]
@@ -130,14 +140,22 @@ class PerceiverResampler(nn.Module):
         for attention, ff in self.layers:
             latents = attention(x, latents, mask=mask) + latents
             latents = ff(latents) + latents
+        if self.global_latents_read_by == "grid":  # (bm, cells, d): the decoder sees the places alone
+            latents = latents[:, : self.num_latents]
         return rearrange(self.norm(latents), "(b m) l d -> b m l d", b=b)
 
+    @property
+    def num_output_latents(self) -> int:
+        """How many latents per image the decoder sees: the grid's, then the global latents if it reads them."""
+        g = 0 if self.global_latents is None else len(self.global_latents)
+        return self.num_latents + (g if self.global_latents_read_by == "decoder" else 0)
+
     def _local_mask(self, *, frames: int) -> torch.Tensor:
-        """(cells + g, frames*cells + cells + g): a grid latent reads its cells in every frame, then itself alone;
-        a global latent reads everything."""
+        """(cells + g, frames*cells + cells + g): a grid latent reads its cells in every frame, then itself alone
+        (and the global latents, if they are read by the grid); a global latent reads everything."""
         cells, device = len(self.local), self.local.device
         g = 0 if self.global_latents is None else len(self.global_latents)
         grid_rows = torch.cat((repeat(self.local, "l n -> l (f n)", f=frames), torch.eye(cells, dtype=torch.bool, device=device),
-                               torch.zeros(cells, g, dtype=torch.bool, device=device)), dim=1)
+                               torch.full((cells, g), self.global_latents_read_by == "grid", device=device)), dim=1)
         global_rows = torch.ones(g, grid_rows.shape[1], dtype=torch.bool, device=device)
         return torch.cat((grid_rows, global_rows))

@@ -131,7 +131,7 @@ def test_top_level_help_lists_every_command_and_train_is_the_trainers(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     listed = capsys.readouterr().out
-    assert all(name in listed for name in ("caption", "ask", "sketch2html", "chat", "train", "eval", "demo"))
+    assert all(name in listed for name in ("caption", "ask", "sketch2html", "chat", "train", "eval", "average", "demo"))
     with pytest.raises(SystemExit) as exit:
         main(["train", "--help"])
     assert exit.value.code == 0 and "--resume" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The `vlm` command: caption, ask, sketch2html, chat, train, eval and demo.
+"""The `vlm` command: caption, ask, sketch2html, chat, train, eval, average and demo.
 
     vlm caption photo.jpg street.png                 # the default model; --model DIR for another
     vlm ask photo.jpg "How many people are there?" --json
@@ -7,6 +7,7 @@
     vlm train configs/tiny.yaml
     vlm eval caption --data dataset_coco.json --images coco/ --shots 0,4,32
     vlm eval write-sets eval-sets/                   # held-out generated pages, and the commands to score them
+    vlm average runs/x/checkpoints/step-* -o runs/x/averaged   # the mean of a run's checkpoints
     vlm demo --port 7860
 
 --json prints one JSON object per result on stdout. A problem with the input (a missing or broken
@@ -135,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--questions-per-page", type=int, metavar="K", help="questions about each page (default: 3)")
     sub.add_argument("--easy-vqa-split", choices=("train", "test"), help="also write this split of easy-VQA")
     sub.add_argument("--easy-vqa-limit", type=positive, metavar="N", help="only its first N questions")
+
+    sub = commands.add_parser("average", help="Average saved models or checkpoints of one run into one model.",
+                              description="Write the element-wise mean of the adapters of saved models or training "
+                                          "checkpoints of one model (e.g. a run's last few at a constant learning "
+                                          "rate) as a saved model. No backbone is loaded.")
+    sub.set_defaults(run=average)
+    sub.add_argument("models", nargs="+", metavar="DIR", help="saved model folders or checkpoints (at least two)")
+    sub.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write the averaged model to")
+    sub.add_argument("--dtype", choices=("float32", "bfloat16"), help="the stored weights' type (default: the first DIR's)")
 
     sub = command("demo", demo, "Serve the Gradio demo: chat, sketch to HTML, caption and VQA.", results=False)
     sub.add_argument("--host", default="127.0.0.1", help="the address to bind (default: 127.0.0.1, this machine only)")
@@ -376,6 +386,15 @@ def eval_sketch2html(args):
               for token, e in elements.items()]
     emit(args, {**scores, "elements": elements},
          "\n".join([*(f"{name:<20} {value:10.4f}" for name, value in scores.items()), "", *table]))
+
+
+def average(args):
+    import torch
+
+    from vlm.train.averaging import average_adapters
+
+    output = average_adapters(args.models, args.output, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    print(f"averaged {len(args.models)} models into {output}")
 
 
 def eval_write_sets(args):

@@ -304,10 +304,10 @@ class VisionLanguageModel(nn.Module):
         directory = Path(directory)
         config = read_config(directory, **overrides)
         weights = directory / WEIGHTS_FILE
-        if not weights.is_file():
+        if not weights.is_file():  # before the backbones load
             raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}: not a saved vlm model")
         model = build_model(config)
-        model.load_adapters(weights, expected=json.loads((directory / CONFIG_FILE).read_text()).get("backbones", {}))
+        model.load_adapters(weights, expected=read_saved_meta(directory).get("backbones", {}))
         return model
 
     def load_adapters(self, weights: Path, *, expected: dict | None = None, new_token_channels: bool = False,
@@ -329,10 +329,7 @@ class VisionLanguageModel(nn.Module):
         if mismatched:
             details = "; ".join(f"{k}: checkpoint expects {a}, backbones have {b}" for k, (a, b) in mismatched.items())
             raise ValueError(f"{weights.parent} was trained for other backbones ({expected.get('lm')}, {expected.get('vision')}): {details}")
-        try:
-            state = load_file(str(weights))
-        except Exception as error:  # safetensors raises its own error types on a corrupt file
-            raise ValueError(f"cannot read {weights}: the file is corrupt or not safetensors ({error})") from None
+        state = read_adapter_weights(weights)
         own = self.adapter_state_dict()
         if new_token_channels and PROJECTION in state:  # without it, the missing-key error below says so
             state[PROJECTION] = _widen_columns(state[PROJECTION], own[PROJECTION])
@@ -357,6 +354,12 @@ class VisionLanguageModel(nn.Module):
 
 
 def read_config(directory: Path, **overrides) -> ModelConfig:
+    meta = read_saved_meta(directory)
+    return from_dict(ModelConfig, {**meta.get("model", {}), **overrides}, where="model")
+
+
+def read_saved_meta(directory: Path) -> dict:
+    """A saved model's config.json as written by `save_pretrained`: its format version, model config and backbones."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}: not a saved vlm model")
@@ -367,7 +370,17 @@ def read_config(directory: Path, **overrides) -> ModelConfig:
     version = meta.get("format_version", 0)
     if version > CONFIG_VERSION:
         raise ConfigError(f"{path} was written by a newer vlm (format {version}; this one reads up to {CONFIG_VERSION}): upgrade vlm")
-    return from_dict(ModelConfig, {**meta.get("model", {}), **overrides}, where="model")
+    return meta
+
+
+def read_adapter_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter.safetensors file; a missing or corrupt file is a clear error."""
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"{Path(weights).parent} has no {WEIGHTS_FILE}: not a saved vlm model")
+    try:
+        return load_file(str(weights))
+    except Exception as error:  # safetensors raises its own error types on a corrupt file
+        raise ValueError(f"cannot read {weights}: the file is corrupt or not safetensors ({error})") from None
 
 
 PROJECTION = "resampler.project.weight"  # (dim, token channels): the one adapter weight that sees the tokens' width

@@ -61,6 +61,12 @@ def test_another_models_adapters_are_refused_by_the_setting_that_differs(three_s
     with pytest.raises(ValueError, match="model.num_latents"):
         average_adapters([folders[0], other], tmp_path / "mean")
 
+    del meta["model"]["global_latents"]  # saved before the setting existed: its default, the same model
+    meta["model"]["num_latents"] -= 1
+    (other / "config.json").write_text(json.dumps(meta))
+    average_adapters([folders[0], other], tmp_path / "older")
+    assert (tmp_path / "older" / "adapter.safetensors").is_file()
+
     (other / "config.json").write_text((folders[1] / "config.json").read_text())
     state = load_file(str(folders[1] / "adapter.safetensors"))
     save_file({**state, "resampler.extra": torch.zeros(2)}, str(other / "adapter.safetensors"))

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from vlm.config import to_dict
 from vlm.fileio import atomic_write
-from vlm.model import CONFIG_FILE, WEIGHTS_FILE, read_adapter_weights, read_saved_meta
+from vlm.model import CONFIG_FILE, WEIGHTS_FILE, read_adapter_weights, read_config, read_saved_meta
 
 
 def average_adapters(folders: list[str | Path], output: str | Path, *, dtype: torch.dtype | None = None) -> Path:
@@ -34,9 +35,12 @@ def average_adapters(folders: list[str | Path], output: str | Path, *, dtype: to
     if (output / WEIGHTS_FILE).exists():
         raise ValueError(f"{output} already holds a saved model: choose another output folder")
     metas = [read_saved_meta(folder) for folder in folders]
-    for folder, meta in zip(folders[1:], metas[1:]):
+    # compared as parsed configs: a folder saved before a setting existed holds it at its default
+    settings = [{"model": to_dict(read_config(folder)), "backbones": meta.get("backbones", {})}
+                for folder, meta in zip(folders, metas)]
+    for folder, these in zip(folders[1:], settings[1:]):
         for part in ("model", "backbones"):
-            first, this = metas[0].get(part, {}), meta.get(part, {})
+            first, this = settings[0][part], these[part]
             differs = sorted(k for k in first.keys() | this.keys() if first.get(k) != this.get(k))
             if differs:
                 key = differs[0]

@@ -7,7 +7,7 @@ Generated pages (held-out seeds, each drawn in one of the sketch, wireframe and 
 so each element inside a column, card or form has a box, placed in the picture as `render` places it (the
 sketch style's tilt of up to 2.5 degrees aside). For every such element in the picture the encoder's feature map is
 read at the cell holding the box's centre: the model's own tokens (the last map, stride 32 for EfficientNet) and
-the stride-16 stage before them. A linear classifier fit on the training pages' elements names the element
+the stride-16 and stride-8 stages before them (`half_stride_features` and `quarter_stride_features`). A linear classifier fit on the training pages' elements names the element
 (`big-title`, `btn-green`, `radio`, ...) on the test pages. An element the probe cannot name from its cell is
 one the adapters must find from context, if they can; how many elements share a cell says how much a cell mixes.
 `--image-size` runs the same frozen encoder at another input size, to see what a larger one would give.
@@ -27,7 +27,7 @@ from vlm.sketch.browser import CSS_WIDTH
 from vlm.sketch.dsl import is_container
 from vlm.sketch.layout import layout
 from vlm.sketch.render import DEFAULT_SIZE, placement
-from vlm.vision import VisionEncoder
+from vlm.vision import VisionEncoder, stage_at_stride_fraction
 
 STYLES = ("sketch", "wireframe", "pix2code")
 OUTSIDE_COLUMNS = ("header", "nav", "footer")  # bars and footers: the same few elements on every page
@@ -35,13 +35,16 @@ TRAIN_SEED, TEST_SEED = 95_000_000, 96_000_000  # apart from training's seeds (0
 
 
 def feature_maps(vision, image) -> dict[str, torch.Tensor]:
-    """A picture -> {name: (channels, rows, cols)}: the model's tokens and the stride-16 stage of a timm CNN."""
+    """A picture -> {name: (channels, rows, cols)}: a timm CNN's tokens and its stages at 1/2 and 1/4 of their stride."""
     encoder = vision.model
     pixels = vision.preprocess(image)[None].to(next(encoder.parameters()).dtype)
-    stride16 = next(i for i, info in enumerate(encoder.feature_info) if info["reduction"] == 16)
-    with torch.no_grad():  # one pass: the last map (forward_features') and the stride-16 stage on the way
-        last, (early,) = encoder.forward_intermediates(pixels, indices=[stride16])
-    return {f"tokens, stride {vision.image_size[0] // last.shape[2]}": last[0].float(), "stride 16": early[0].float()}
+    stages = [stage_at_stride_fraction(encoder, k) for k in (2, 4)]
+    with torch.no_grad():  # one pass: the last map (forward_features') and the finer stages on the way
+        last, finer = encoder.forward_intermediates(pixels, indices=sorted(stages))
+    maps = {f"tokens, stride {vision.image_size[0] // last.shape[2]}": last[0].float()}
+    for fine in sorted(finer, key=lambda m: m.shape[2]):  # stride 16, then 8 for EfficientNet
+        maps[f"stride {vision.image_size[0] // fine.shape[2]}"] = fine[0].float()
+    return maps
 
 
 def elements(vision, seeds) -> tuple[dict[str, list[torch.Tensor]], list[str], dict[str, list[int]]]:
@@ -107,7 +110,7 @@ def main():
     names = sorted(set(train_tokens) | set(test_tokens))
     train_y = torch.tensor([names.index(t) for t in train_tokens])
     test_y = torch.tensor([names.index(t) for t in test_tokens])
-    columns = {"both": None, **{name: name for name in train_x}}
+    columns = {"all": None, **{name: name for name in train_x}}
     predictions = {}
     for column, name in columns.items():
         fit = torch.stack(train_x[name]) if name else torch.cat([torch.stack(v) for v in train_x.values()], 1)

@@ -254,38 +254,46 @@ def test_the_colour_grid_appends_each_cells_sub_cell_colours(tiny_lm_dir, vision
     assert torch.isfinite(model(text, pixel_values=images_for(model, 1), labels=text)["loss"])
 
 
-def test_half_stride_features_append_each_cells_2x2_sub_cells_after_the_colours(tiny_lm_dir):
+@pytest.mark.parametrize("finer", [{"half_stride_features": True}, {"quarter_stride_features": True},
+                                   {"half_stride_features": True, "quarter_stride_features": True}])
+def test_finer_stride_features_append_each_cells_sub_cells_after_the_colours(tiny_lm_dir, finer):
     torch.manual_seed(0)
     plain = build_model(tiny_config(tiny_lm_dir, colour_grid=1))
     torch.manual_seed(0)
-    model = build_model(tiny_config(tiny_lm_dir, colour_grid=1, half_stride_features=True))
+    model = build_model(tiny_config(tiny_lm_dir, colour_grid=1, **finer))
     encoder = model.vision.model
-    stage = model.vision.half_stride_stage
-    assert encoder.feature_info[stage]["reduction"] == 16 and encoder.feature_info[-1]["reduction"] == 32
-    channels = encoder.feature_info[stage]["num_chs"]
-    assert model.vision.width == plain.vision.width + 4 * channels
-
+    assert list(model.vision.finer_stages) == [k for k, name in ((2, "half_stride_features"), (4, "quarter_stride_features")) if name in finer]
+    assert encoder.feature_info[-1]["reduction"] == 32
     pixels = images_for(model, 1)[0]
     tokens = model.vision(pixels)  # (1, rows x cols, width)
     assert torch.equal(tokens[..., : plain.vision.width], plain.vision(pixels))  # features, then colours, unchanged
-    with torch.no_grad():
-        _, (half,) = encoder.forward_intermediates(pixels, indices=[stage])  # (1, channels, 2 rows, 2 cols)
     rows, cols = model.vision.grid_size
-    for r, c in [(0, 0), (rows - 1, cols - 1), (1, 2)]:
-        appended = tokens[0, r * cols + c, plain.vision.width :].view(2, 2, channels)  # (sub-row, sub-col, channel)
-        for i in range(2):
-            for j in range(2):
-                sub_cell = half[0, :, 2 * r + i, 2 * c + j]
-                torch.testing.assert_close(appended[i, j], (sub_cell - sub_cell.mean()) / sub_cell.var(unbiased=False).add(1e-5).sqrt())
+    start = plain.vision.width
+    for k, stage in model.vision.finer_stages.items():  # half-stride sub-cells first, then quarter-stride ones
+        assert encoder.feature_info[stage]["reduction"] == 32 // k
+        channels = encoder.feature_info[stage]["num_chs"]
+        with torch.no_grad():
+            _, (fine,) = encoder.forward_intermediates(pixels, indices=[stage])  # (1, channels, k rows, k cols)
+        for r, c in [(0, 0), (rows - 1, cols - 1), (1, 2)]:
+            appended = tokens[0, r * cols + c, start : start + k * k * channels].view(k, k, channels)  # (sub-row, sub-col, ch)
+            for i in range(k):
+                for j in range(k):
+                    sub_cell = fine[0, :, k * r + i, k * c + j]
+                    torch.testing.assert_close(appended[i, j], (sub_cell - sub_cell.mean()) / sub_cell.var(unbiased=False).add(1e-5).sqrt())
+        start += k * k * channels
+    assert model.vision.width == start
     text = ids(model, "<image> a cat")
     assert torch.isfinite(model(text, pixel_values=images_for(model, 1), labels=text)["loss"])
 
 
-def test_half_stride_features_refuse_a_vit_and_a_size_whose_maps_do_not_nest(tiny_lm_dir):
-    with pytest.raises(ConfigError, match="half_stride_features needs a timm CNN"):
-        tiny_config(tiny_lm_dir, "open_clip", half_stride_features=True)
-    with pytest.raises(ValueError, match=r"\[64, 80\] gives \(4, 5\) and \(2, 3\) \(use multiples of 32\)"):
+def test_finer_stride_features_refuse_a_vit_and_a_size_whose_maps_do_not_nest(tiny_lm_dir):
+    for name in ("half_stride_features", "quarter_stride_features"):
+        with pytest.raises(ConfigError, match=f"{name} needs a timm CNN"):
+            tiny_config(tiny_lm_dir, "open_clip", **{name: True})
+    with pytest.raises(ValueError, match=r"half_stride_features .* \[64, 80\] gives \(4, 5\) and \(2, 3\) \(use multiples of 32\)"):
         build_model(dataclasses.replace(tiny_config(tiny_lm_dir, half_stride_features=True), image_size=(64, 80)))
+    with pytest.raises(ValueError, match=r"quarter_stride_features .* \[64, 80\] gives \(8, 10\) and \(2, 3\)"):
+        build_model(dataclasses.replace(tiny_config(tiny_lm_dir, quarter_stride_features=True), image_size=(64, 80)))
 
 
 def test_adapters_without_half_stride_features_start_a_model_with_them_unchanged(tiny_lm_dir, tmp_path):

@@ -154,12 +154,13 @@ def test_cached_features_give_the_loss_of_pixels(tmp_path, readable_lm, shapes):
 
 def test_the_feature_cache_keys_differ_when_the_tokens_carry_other_channels(tmp_path, readable_lm, shapes):
     image, keys = Image.new("RGB", (96, 64), "white"), set()
-    for channels in ({}, {"colour_grid": 2}, {"half_stride_features": True}):
+    kinds = ({}, {"colour_grid": 2}, {"half_stride_features": True}, {"quarter_stride_features": True})
+    for channels in kinds:
         recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run")
         recipe["model"].update(channels)
         model = build_model(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)).model)
         keys.add(FeatureCache(tmp_path / "features", model=model, dtype=None).key(image))
-    assert len(keys) == 3  # a cache written for one kind of token is never read as another
+    assert len(keys) == len(kinds)  # a cache written for one kind of token is never read as another
 
 
 def test_training_with_the_feature_cache_matches_training_on_pixels(tmp_path, readable_lm, shapes):
@@ -448,11 +449,17 @@ def test_init_from_adapters_without_global_latents_starts_them_fresh(tmp_path, r
     assert "trained without global latents; the resampler's 2 start fresh" in capsys.readouterr().out
 
 
-def test_init_from_adapters_without_half_stride_features_widens_the_token_projection(tmp_path, readable_lm, shapes):
-    first = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2))
+@pytest.mark.parametrize("saved_with, added", [({}, "half_stride_features"),
+                                                ({"half_stride_features": True}, "quarter_stride_features")])
+def test_init_from_adapters_without_finer_stride_features_widens_the_token_projection(tmp_path, readable_lm, shapes,
+                                                                                       saved_with, added, capsys):
+    first_recipe = tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2)
+    first_recipe["model"].update(saved_with)
+    first = run_recipe(tmp_path, first_recipe)
     recipe = tiny_recipe(readable_lm, shapes, tmp_path / "second", steps=2, init_from=str(first.final))
-    recipe["model"]["half_stride_features"] = True
+    recipe["model"].update(saved_with, **{added: True})
     trainer = Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)), world=init_world("cpu"))
+    assert f"trained without {added}; the token projection grows" in capsys.readouterr().out
     saved, state = adapter(first.final), trainer.model.adapter_state_dict()
     projection, saved_projection = state["resampler.project.weight"], saved.pop("resampler.project.weight")
     assert torch.equal(projection[:, : saved_projection.shape[1]], saved_projection)
@@ -461,11 +468,22 @@ def test_init_from_adapters_without_half_stride_features_widens_the_token_projec
         assert torch.equal(state[key], value), key
     result = trainer.fit()
     widened = VisionLanguageModel.from_pretrained(result.final)  # saved with the new width, and it reloads
-    assert widened.config.half_stride_features and widened.resampler.project.weight[:, saved_projection.shape[1] :].any()
+    assert getattr(widened.config, added) and widened.resampler.project.weight[:, saved_projection.shape[1] :].any()
 
     back = tiny_recipe(readable_lm, shapes, tmp_path / "third", init_from=str(result.final))  # without the setting
-    with pytest.raises(ConfigError, match="trained with model.half_stride_features: true; set it here too"):
+    back["model"].update(saved_with)
+    with pytest.raises(ConfigError, match=f"trained with model.{added}: true; set it here too"):
         load_train_config(write_recipe(tmp_path / "c.yaml", back))
+
+
+def test_init_from_refuses_a_finer_stage_whose_channels_would_go_before_the_saved_ones(tmp_path, readable_lm, shapes):
+    first_recipe = tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=1)
+    first_recipe["model"]["quarter_stride_features"] = True
+    first = run_recipe(tmp_path, first_recipe)
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "second", init_from=str(first.final))
+    recipe["model"].update(half_stride_features=True, quarter_stride_features=True)
+    with pytest.raises(ConfigError, match="with model.quarter_stride_features but not model.half_stride_features"):
+        load_train_config(write_recipe(tmp_path / "c.yaml", recipe))
 
 
 def test_ctrl_c_to_the_process_group_with_loading_workers_writes_a_checkpoint(tmp_path, readable_lm, shapes):

@@ -19,6 +19,9 @@ class ConfigError(ValueError):
     pass
 
 
+FINER_FEATURES = ("half_stride_features", "quarter_stride_features")  # in the order their channels are appended
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a model: the backbones by name and every adapter size."""
@@ -29,6 +32,7 @@ class ModelConfig:
     vision_dtype: str = "float32"  # the frozen encoder's weights; bfloat16 halves its time on CPUs with bf16 units
     colour_grid: int = 0  # k > 0: each image token also carries the mean colours of its cell's k x k sub-cells
     half_stride_features: bool = False  # timm CNNs: each token also carries its 2x2 sub-cells at half the stride
+    quarter_stride_features: bool = False  # timm CNNs: ... and its 4x4 sub-cells at a quarter of the stride
     lm: str = DEFAULT_LM  # "registry:NAME", local HF folder or .gguf file, or a Hugging Face id
     lm_dtype: str = "float32"
     decoder_layers_attr: str | None = None  # dotted path to the LM's decoder layers; None: found automatically
@@ -88,8 +92,9 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must name a backbone")
         if not self.vision.startswith(("open_clip:", "timm:")):
             raise ConfigError(f"model.vision must start with 'open_clip:' or 'timm:', got {self.vision!r}")
-        if self.half_stride_features and not self.vision.startswith("timm:"):
-            raise ConfigError(f"model.half_stride_features needs a timm CNN (vision: timm:NAME); {self.vision} is a ViT with one token grid")
+        for name in FINER_FEATURES:
+            if getattr(self, name) and not self.vision.startswith("timm:"):
+                raise ConfigError(f"model.{name} needs a timm CNN (vision: timm:NAME); {self.vision} is a ViT with one token grid")
 
 
 def from_dict(cls, data: dict, *, where: str = ""):

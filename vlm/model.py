@@ -315,8 +315,9 @@ class VisionLanguageModel(nn.Module):
         """Load adapter weights saved by `save_pretrained`, checking they were trained for these backbones.
 
         `new_token_channels`: the adapters were trained on image tokens without channels this model appends at
-        their end (`half_stride_features` turned on for a run's init_from). The token projection's columns for
-        them start at zero, so the model computes exactly what the saved one did until training moves them.
+        their end (`half_stride_features` or `quarter_stride_features` turned on for a run's init_from). The token
+        projection's columns for them start at zero, so the model computes exactly what the saved one did until
+        training moves them.
         `new_blocks`: cross-attention blocks at decoder layers the saved adapters have none for keep their fresh
         weights (a run's init_from with a lower `cross_attn_first_layer`); their gates start at zero, so again the
         model computes what the saved one did. Returns the layers of those fresh blocks.
@@ -409,6 +410,7 @@ def build_model(config: ModelConfig) -> VisionLanguageModel:
         std=loaded.std,
         colour_grid=config.colour_grid,
         half_stride_features=config.half_stride_features,
+        quarter_stride_features=config.quarter_stride_features,
     )
     return VisionLanguageModel(config, vision=vision, lm=lm, tokenizer=tokenizer)
 

@@ -21,13 +21,15 @@ class VisionEncoder(nn.Module):
     `half_stride_features` (timm CNNs) appends to each token the stage at half the last map's stride, its cell's
     2 x 2 sub-cells stacked (space-to-depth), each standardised: at 288x512 EfficientNet-Lite0's stride-16 stage
     names 72% of a generated page's elements from their cell where the last map names 50%
-    (benchmarks/probe_element_features.py).
-    Both maps come from one pass. Appended channels go last (colours, then these), so a run that turns one on can
-    start from adapters trained without it (`VisionLanguageModel.load_adapters(new_token_channels=...)`).
+    (benchmarks/probe_element_features.py). `quarter_stride_features` appends the stage at a quarter of the
+    stride the same way, its 4 x 4 sub-cells: the stride-8 stage beside the other two names 79% (form fields most).
+    All maps come from one pass. Appended channels go last (colours, then the half-stride stage, then the
+    quarter-stride one), so a run that turns one on can start from adapters trained without it
+    (`VisionLanguageModel.load_adapters(new_token_channels=...)`).
     """
 
     def __init__(self, *, model: nn.Module, family: str, image_size: tuple[int, int], mean, std, colour_grid: int = 0,
-                 half_stride_features: bool = False):
+                 half_stride_features: bool = False, quarter_stride_features: bool = False):
         super().__init__()
         if family not in ("open_clip", "timm"):
             raise ValueError(f"unknown vision family {family!r}: expected 'open_clip' or 'timm'")
@@ -35,9 +37,10 @@ class VisionEncoder(nn.Module):
         self.family = family
         self.image_size = tuple(image_size)
         self.colour_grid = colour_grid
-        if half_stride_features and family != "timm":
-            raise ValueError("half_stride_features needs a timm CNN: a ViT has a single token grid")
-        self.half_stride_stage = _half_stride_stage(model) if half_stride_features else None
+        subdivisions = [k for k, on in ((2, half_stride_features), (4, quarter_stride_features)) if on]
+        if subdivisions and family != "timm":
+            raise ValueError("half_stride_features and quarter_stride_features need a timm CNN: a ViT has a single token grid")
+        self.finer_stages = {k: stage_at_stride_fraction(model, k) for k in subdivisions}  # sub-cells a side -> stage
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         if family == "open_clip":
@@ -45,31 +48,36 @@ class VisionEncoder(nn.Module):
         model.requires_grad_(False)
         model.eval()
         with torch.no_grad():
-            grid, half = self._feature_maps(torch.zeros(1, 3, *self.image_size, dtype=next(model.parameters()).dtype))
-        self.width = grid.shape[1] + 3 * colour_grid**2 + (0 if half is None else half.shape[1])
+            grid, finer = self._feature_maps(torch.zeros(1, 3, *self.image_size, dtype=next(model.parameters()).dtype))
+        self.width = grid.shape[1] + 3 * colour_grid**2 + sum(m.shape[1] for m in finer)
         self.grid_size = tuple(grid.shape[2:])
 
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: dropout and batch-norm statistics stay fixed
 
-    def _feature_maps(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # -> the last map (b, d, rows, cols) and, with half_stride_features, (b, 4 d_half, rows, cols)
+    def _feature_maps(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # -> the last map (b, d, rows, cols) and, per finer stage with k x k sub-cells a cell, (b, k^2 d_k, rows, cols)
         if self.family == "open_clip":
             _, tokens = self.model(pixels)
             rows, cols = (s // p for s, p in zip(self.image_size, _pair(self.model.patch_size)))
-            return rearrange(tokens, "b (r c) d -> b d r c", r=rows, c=cols), None
-        if self.half_stride_stage is None:
-            return self.model.forward_features(pixels), None
-        last, (half,) = self.model.forward_intermediates(pixels, indices=[self.half_stride_stage])
+            return rearrange(tokens, "b (r c) d -> b d r c", r=rows, c=cols), []
+        if not self.finer_stages:
+            return self.model.forward_features(pixels), []
+        stages = sorted(self.finer_stages.values())  # timm returns the intermediates in the order of the pass
+        last, intermediates = self.model.forward_intermediates(pixels, indices=stages)
         rows, cols = last.shape[2:]
-        if tuple(half.shape[2:]) != (2 * rows, 2 * cols):
-            raise ValueError(f"half_stride_features needs an image_size whose half-stride map is twice the last map: "
-                             f"{list(self.image_size)} gives {tuple(half.shape[2:])} and {(rows, cols)} "
-                             f"(use multiples of {self.model.feature_info[-1]['reduction']})")
-        # Standardised per sub-cell: the stage's raw values are ~30x the last map's (mean |x| 3.7 against 0.13 on
-        # generated pages), and Adam moves each zero-started projection column as far as any other at every step.
-        half = F.layer_norm(half.movedim(1, -1), half.shape[1:2]).movedim(-1, 1)
-        return last, rearrange(half, "b ch (r i) (c j) -> b (i j ch) r c", i=2, j=2)
+        finer = []
+        for k, stage in self.finer_stages.items():
+            fine = intermediates[stages.index(stage)]
+            if tuple(fine.shape[2:]) != (k * rows, k * cols):
+                raise ValueError(f"{_FEATURES[k]} needs an image_size whose map at 1/{k} of the last map's stride is "
+                                 f"{k} times the last map: {list(self.image_size)} gives {tuple(fine.shape[2:])} and "
+                                 f"{(rows, cols)} (use multiples of {self.model.feature_info[-1]['reduction']})")
+            # Standardised per sub-cell: the stride-16 stage's raw values are ~30x the last map's (mean |x| 3.7 against
+            # 0.13 on generated pages), and Adam moves each zero-started projection column as far as any other at every step.
+            fine = F.layer_norm(fine.movedim(1, -1), fine.shape[1:2]).movedim(-1, 1)
+            finer.append(rearrange(fine, "b ch (r i) (c j) -> b (i j ch) r c", i=k, j=k))
+        return last, finer
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -77,14 +85,13 @@ class VisionEncoder(nn.Module):
         # path (3.7x slower for ViT-B-32 on CPU, README.md, "Performance").
         dtype = next(self.model.parameters()).dtype
         with torch.autocast(device_type=pixels.device.type, enabled=False):
-            features, half = self._feature_maps(pixels.to(dtype))  # (b, d, rows, cols)
+            features, finer = self._feature_maps(pixels.to(dtype))  # (b, d, rows, cols)
             maps = [features]
             if self.colour_grid:
                 rows, cols, k = *features.shape[2:], self.colour_grid
                 colours = F.adaptive_avg_pool2d(pixels.to(dtype), (rows * k, cols * k))
                 maps.append(rearrange(colours, "b ch (r i) (c j) -> b (i j ch) r c", i=k, j=k))
-            if half is not None:
-                maps.append(half)
+            maps += finer
             return rearrange(torch.cat(maps, dim=1), "b d r c -> b (r c) d")
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -104,15 +111,18 @@ class VisionEncoder(nn.Module):
         return (pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)
 
 
-def _half_stride_stage(model: nn.Module) -> int:
-    """The index (for timm's forward_intermediates) of the stage at half the last stage's stride."""
+_FEATURES = {2: "half_stride_features", 4: "quarter_stride_features"}
+
+
+def stage_at_stride_fraction(model: nn.Module, k: int) -> int:
+    """The index (for timm's forward_intermediates) of the last stage at 1/k of the last stage's stride."""
     stages = getattr(model, "feature_info", None)
     if not stages:
-        raise ValueError("half_stride_features needs a timm CNN that lists its stages (feature_info)")
-    wanted = stages[-1]["reduction"] // 2
+        raise ValueError(f"{_FEATURES[k]} needs a timm CNN that lists its stages (feature_info)")
+    wanted = stages[-1]["reduction"] // k
     found = [i for i, stage in enumerate(stages) if stage["reduction"] == wanted]
     if not found:
-        raise ValueError(f"half_stride_features: {type(model).__name__} has no stage at stride {wanted}")
+        raise ValueError(f"{_FEATURES[k]}: {type(model).__name__} has no stage at stride {wanted}")
     return found[-1]
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlm.config import FINER_FEATURES
 from vlm.data import DataError, Example
 from vlm.fileio import atomic_write
 from vlm.images import ImageError
@@ -163,8 +164,8 @@ class FeatureCache:
         self.vision, self.dtype = model.vision, dtype
         config = model.config
         colours = f"|colour_grid={self.vision.colour_grid}" if self.vision.colour_grid else ""  # older keys stay valid
-        half = "|half_stride_features" if config.half_stride_features else ""
-        self.signature = f"{config.vision}|{config.vision_weights}|{self.vision.image_size}|{dtype}{colours}{half}".encode()
+        finer = "".join(f"|{name}" for name in FINER_FEATURES if getattr(config, name))
+        self.signature = f"{config.vision}|{config.vision_weights}|{self.vision.image_size}|{dtype}{colours}{finer}".encode()
         self.hits = self.misses = 0
 
     def key(self, image: Image.Image) -> str:

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlm.config import ConfigError, ModelConfig, from_dict, load_yaml, parse_yaml
+from vlm.config import FINER_FEATURES, ConfigError, ModelConfig, from_dict, load_yaml, parse_yaml
 from vlm.language_model import cross_attention_layer_indices
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -152,11 +152,20 @@ class TrainConfig:
         if (self.run.steps is None) == (self.run.epochs is None):
             raise ConfigError("set exactly one of run.steps and run.epochs")
         if self.run.init_from is not None:
-            saved_half_stride = saved_model_config(self.run.init_from).get("half_stride_features")
-            if saved_half_stride and not self.model.half_stride_features:
-                raise ConfigError(f"run.init_from: {self.run.init_from} was trained with model.half_stride_features: "
-                                  "true; set it here too (--set model.half_stride_features=true)")
+            self._check_init_from_token_channels()
             self._check_init_from_blocks()
+
+    def _check_init_from_token_channels(self):
+        """Channels the saved adapters read must be read here; new ones may only follow them (zero columns at the end)."""
+        saved = saved_model_config(self.run.init_from)
+        for i, name in enumerate(FINER_FEATURES):
+            if saved.get(name) and not getattr(self.model, name):
+                raise ConfigError(f"run.init_from: {self.run.init_from} was trained with model.{name}: true; "
+                                  f"set it here too (--set model.{name}=true)")
+            later = [other for other in FINER_FEATURES[i + 1 :] if saved.get(other)]
+            if getattr(self.model, name) and not saved.get(name) and later:
+                raise ConfigError(f"run.init_from: {self.run.init_from} was trained with model.{later[0]} but not "
+                                  f"model.{name}, whose channels come before it: turn both on from the start")
 
     def _check_init_from_blocks(self):
         """The saved adapters' cross-attention blocks must all have a place here (new ones may be added)."""

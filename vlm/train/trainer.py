@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from vlm.config import ConfigError
+from vlm.config import FINER_FEATURES, ConfigError
 from vlm.data import MapSource
 from vlm.language_model import find_decoder_layers
 from vlm.model import CONFIG_FILE, WEIGHTS_FILE, VisionLanguageModel, build_model
@@ -146,10 +146,10 @@ class Trainer:
             try:
                 meta = json.loads((saved / CONFIG_FILE).read_text())
                 saved_model = saved_model_config(saved)
-                new_channels = config.model.half_stride_features and not saved_model.get("half_stride_features")
+                new_channels = [name for name in FINER_FEATURES if getattr(config.model, name) and not saved_model.get(name)]
                 new_globals = config.model.global_latents > 0 and not saved_model.get("global_latents")
                 fresh_layers = model.load_adapters(saved / WEIGHTS_FILE, expected=meta.get("backbones"),
-                                                   new_token_channels=new_channels, new_blocks=True,
+                                                   new_token_channels=bool(new_channels), new_blocks=True,
                                                    new_global_latents=new_globals)
             except (ValueError, OSError) as error:  # another model's adapters, or an unreadable folder
                 raise ConfigError(f"run.init_from: {error}") from None
@@ -160,7 +160,7 @@ class Trainer:
                 self._log(f"run.init_from: {saved} was trained without global latents; the resampler's "
                           f"{config.model.global_latents} start fresh")
             if new_channels:
-                self._log(f"run.init_from: {saved} was trained without half_stride_features; the token projection "
+                self._log(f"run.init_from: {saved} was trained without {' and '.join(new_channels)}; the token projection "
                           f"grows to {model.vision.width} input columns and the new ones start at zero")
         cache = config.data.feature_cache
         self.mixture = build_mixture(config.data.sources, tokenizer=model.tokenizer, seed=run.seed)

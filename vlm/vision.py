@@ -22,7 +22,7 @@ class VisionEncoder(nn.Module):
     2 x 2 sub-cells stacked (space-to-depth), each standardised: at 288x512 EfficientNet-Lite0's stride-16 stage
     names 72% of a generated page's elements from their cell where the last map names 50%
     (benchmarks/probe_element_features.py). `quarter_stride_features` appends the stage at a quarter of the
-    stride the same way, its 4 x 4 sub-cells: the stride-8 stage beside the other two names 79% (form fields most).
+    stride the same way, its 4 x 4 sub-cells: the stride-8 stage beside the other two names 80% (form fields most).
     All maps come from one pass. Appended channels go last (colours, then the half-stride stage, then the
     quarter-stride one), so a run that turns one on can start from adapters trained without it
     (`VisionLanguageModel.load_adapters(new_token_channels=...)`).

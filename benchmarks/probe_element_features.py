@@ -7,8 +7,9 @@ Generated pages (held-out seeds, each drawn in one of the sketch, wireframe and 
 so each element inside a column, card or form has a box, placed in the picture as `render` places it (the
 sketch style's tilt of up to 2.5 degrees aside). For every such element in the picture the encoder's feature map is
 read at the cell holding the box's centre: the model's own tokens (the last map, stride 32 for EfficientNet) and
-the stride-16 and stride-8 stages before them (`half_stride_features` and `quarter_stride_features`). A linear classifier fit on the training pages' elements names the element
-(`big-title`, `btn-green`, `radio`, ...) on the test pages. An element the probe cannot name from its cell is
+the stride-16 and stride-8 stages before them (`half_stride_features`, `quarter_stride_features`). A linear
+classifier fit on the training pages' elements names the element (`big-title`, `btn-green`, `radio`, ...) on the
+test pages. An element the probe cannot name from its cell is
 one the adapters must find from context, if they can; how many elements share a cell says how much a cell mixes.
 `--image-size` runs the same frozen encoder at another input size, to see what a larger one would give.
 """

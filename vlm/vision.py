@@ -7,6 +7,8 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from vlm.config import FINER_FEATURES
+
 
 class VisionEncoder(nn.Module):
     """Wraps an open_clip ViT or a timm CNN: pixels (b, 3, h, w) -> tokens (b, n, width).
@@ -37,7 +39,7 @@ class VisionEncoder(nn.Module):
         self.family = family
         self.image_size = tuple(image_size)
         self.colour_grid = colour_grid
-        subdivisions = [k for k, on in ((2, half_stride_features), (4, quarter_stride_features)) if on]
+        subdivisions = [k for k, on in zip(_FEATURES, (half_stride_features, quarter_stride_features)) if on]
         if subdivisions and family != "timm":
             raise ValueError("half_stride_features and quarter_stride_features need a timm CNN: a ViT has a single token grid")
         self.finer_stages = {k: stage_at_stride_fraction(model, k) for k in subdivisions}  # sub-cells a side -> stage
@@ -111,7 +113,7 @@ class VisionEncoder(nn.Module):
         return (pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)
 
 
-_FEATURES = {2: "half_stride_features", 4: "quarter_stride_features"}
+_FEATURES = dict(zip((2, 4), FINER_FEATURES))  # sub-cells a side -> the setting that appends them
 
 
 def stage_at_stride_fraction(model: nn.Module, k: int) -> int:

@@ -67,6 +67,8 @@ def recipe(tmp_path) -> dict:
         (lambda r: r["run"].update(max_minutes=0), "run.max_minutes must be > 0 or null, got 0"),
         (lambda r: r["run"].update(data_workers=-1), "run.data_workers must be >= 0, got -1"),
         (lambda r: r["model"].update(colour_grid=-2), "model.colour_grid must be >= 0, got -2"),
+        (lambda r: r.update(optim={"projection_lr": 0}), "optim.projection_lr must be > 0, got 0"),
+        (lambda r: r.update(optim={"gate_lr": -1e-3}), "optim.gate_lr must be > 0, got -0.001"),
     ],
 )
 def test_a_bad_recipe_is_an_error_naming_the_key(tmp_path, recipe, edit, message):

@@ -394,6 +394,19 @@ def test_time_used_ends_the_cosine_whatever_the_step():
     assert lr_factor(10, name="constant", warmup=0, total=1000, min_ratio=0.1, time_used=1.0) == 1.0
 
 
+def test_the_gates_and_the_feature_projection_take_their_own_rates(tmp_path, readable_lm, shapes):
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run")
+    recipe["optim"] = {"lr": 1e-3, "gate_lr": 3e-2, "projection_lr": 1e-2, "weight_decay": 0.1}
+    trainer = Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)), world=init_world("cpu"))
+    group_of = {id(p): (g["lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups for p in g["params"]}
+    trainable = trainer.model.trainable_parameters()
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == len(trainable) == len(group_of)
+    expected = {"resampler.project.weight": (1e-2, 0.1), "resampler.project.bias": (1e-2, 0.0),
+                "cross_attn.1.ff_gate": (3e-2, 0.0), "resampler.latents": (1e-3, 0.1), "resampler.norm.weight": (1e-3, 0.0)}
+    assert {name: group_of[id(trainable[name])] for name in expected} == expected
+    assert trainer.scheduler.get_last_lr()[0] == 1e-3  # the logged rate is lr's
+
+
 def test_init_from_starts_the_run_from_saved_adapters_that_fit(tmp_path, readable_lm, shapes):
     first = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2))
     recipe = tiny_recipe(readable_lm, shapes, tmp_path / "second", init_from=str(first.final))

@@ -69,14 +69,17 @@ class DataConfig:
 class OptimConfig:
     lr: float = 1e-4
     gate_lr: float | None = None  # the tanh gates of cross-attention; None: lr
+    projection_lr: float | None = None  # the resampler's projection of the image features; None: lr
     weight_decay: float = 0.1  # on matrices only, not on gates, norms, biases
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
 
     def __post_init__(self):
-        if self.lr <= 0 or (self.gate_lr is not None and self.gate_lr <= 0):
-            raise ConfigError(f"optim.lr and optim.gate_lr must be > 0, got {self.lr} and {self.gate_lr}")
+        for name in ("lr", "gate_lr", "projection_lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"optim.{name} must be > 0, got {value}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
 

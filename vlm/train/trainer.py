@@ -93,17 +93,20 @@ def lr_factor(step: int, *, name: str, warmup: int, total: int, min_ratio: float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def parameter_groups(model: VisionLanguageModel, *, lr: float, gate_lr: float | None, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only; the tanh gates get their own (usually higher) learning rate."""
-    decay, no_decay, gates = [], [], []
+def parameter_groups(
+    model: VisionLanguageModel, *, lr: float, gate_lr: float | None, projection_lr: float | None, weight_decay: float
+) -> list[dict]:
+    """Weight decay on matrices only; the tanh gates and the resampler's feature projection may have their own rates.
+
+    A higher projection rate lets image-feature columns that an `init_from` run appended at zero catch up with the
+    trained ones (docs/default-model.md, runs 23 and 24).
+    """
+    groups = {(lr, weight_decay): [], (lr, 0.0): []}  # (rate, decay) -> parameters; lr's first: the one logged
     for name, parameter in model.trainable_parameters().items():
-        (gates if name.endswith("_gate") else decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    groups = [
-        dict(params=decay, lr=lr, weight_decay=weight_decay),
-        dict(params=no_decay, lr=lr, weight_decay=0.0),
-        dict(params=gates, lr=gate_lr or lr, weight_decay=0.0),
-    ]
-    return [group for group in groups if group["params"]]
+        rate = gate_lr if name.endswith("_gate") else projection_lr if name.startswith("resampler.project.") else None
+        decay = weight_decay if parameter.ndim >= 2 and not name.endswith("_gate") else 0.0
+        groups.setdefault((rate or lr, decay), []).append(parameter)
+    return [dict(params=params, lr=rate, weight_decay=decay) for (rate, decay), params in groups.items() if params]
 
 
 def checkpoint_decoder_layers(model: VisionLanguageModel):
@@ -193,7 +196,8 @@ class Trainer:
         self.parameters = list(model.trainable_parameters().values())
         optim, schedule = config.optim, config.schedule
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(model, lr=optim.lr, gate_lr=optim.gate_lr, weight_decay=optim.weight_decay),
+            parameter_groups(model, lr=optim.lr, gate_lr=optim.gate_lr, projection_lr=optim.projection_lr,
+                             weight_decay=optim.weight_decay),
             betas=optim.betas,
             eps=optim.eps,
             fused=world.device.type == "cuda" or None,

@@ -98,8 +98,8 @@ def parameter_groups(
 ) -> list[dict]:
     """Weight decay on matrices only; the tanh gates and the resampler's feature projection may have their own rates.
 
-    A higher projection rate lets image-feature columns that an `init_from` run appended at zero catch up with the
-    trained ones (docs/default-model.md, runs 23 and 24).
+    A higher projection rate moves image-feature columns that an `init_from` run appended at zero faster; at ten
+    times lr it also unsettled the rest of the adapters (docs/default-model.md, run 24).
     """
     groups = {(lr, weight_decay): [], (lr, 0.0): []}  # (rate, decay) -> parameters; lr's first: the one logged
     for name, parameter in model.trainable_parameters().items():

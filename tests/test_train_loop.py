@@ -407,6 +407,22 @@ def test_the_gates_and_the_feature_projection_take_their_own_rates(tmp_path, rea
     assert trainer.scheduler.get_last_lr()[0] == 1e-3  # the logged rate is lr's
 
 
+def test_checkpoints_of_a_recipe_without_projection_lr_resume_and_a_changed_grouping_is_named(tmp_path, readable_lm,
+                                                                                              shapes):
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=2)
+    recipe["optim"] = {"lr": 1e-3, "gate_lr": None, "weight_decay": 0.1}
+    run_recipe(tmp_path, recipe)
+    saved = tmp_path / "run" / "checkpoints" / "step-00000002" / "optimizer.pt"
+    # the gates keep a group of their own at lr: the layout of checkpoints written before projection_lr existed
+    assert [group["lr"] for group in torch.load(saved, weights_only=True)["param_groups"]] == [1e-3, 1e-3, 1e-3]
+    recipe["optim"]["projection_lr"] = 1e-2
+    with pytest.raises(ConfigError, match="step-00000002 cannot be resumed .* optim.projection_lr .* run.init_from="):
+        run_recipe(tmp_path, recipe, resume=True, overrides=["run.steps=3"])
+    assert saved.is_file()  # nothing renamed or lost
+    del recipe["optim"]["projection_lr"]
+    assert run_recipe(tmp_path, recipe, resume=True, overrides=["run.steps=3"]).step == 3
+
+
 def test_init_from_starts_the_run_from_saved_adapters_that_fit(tmp_path, readable_lm, shapes):
     first = run_recipe(tmp_path, tiny_recipe(readable_lm, shapes, tmp_path / "first", steps=2))
     recipe = tiny_recipe(readable_lm, shapes, tmp_path / "second", init_from=str(first.final))

@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vlm.config import ConfigError
 from vlm.fileio import atomic_write
 from vlm.model import WEIGHTS_FILE
 from vlm.train.distributed import World
@@ -119,7 +120,13 @@ def load_checkpoint(output_dir: Path, *, model, optimizer, world: World) -> Chec
                 log.warning("skipping checkpoint %s: cannot read it (%s)", path, e)
                 os.replace(path, path.with_name(f"{path.name}.unreadable"))
             continue
-        optimizer.load_state_dict(optimizer_state)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except ValueError as e:  # its parameter groups differ: optim.projection_lr was set or cleared
+            raise ConfigError(
+                f"{path} cannot be resumed with this recipe's optimiser ({e}): its parameter groups follow the "
+                f"optim.projection_lr it was written with. Set it as then, or start a new run from the checkpoint "
+                f"with run.init_from={path}") from e
         rng = path / f"rng-{world.rank}.safetensors"
         if state["world_size"] == world.size:
             _load_rng(rng)

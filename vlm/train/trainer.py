@@ -101,12 +101,20 @@ def parameter_groups(
     A higher projection rate moves image-feature columns that an `init_from` run appended at zero faster; at ten
     times lr it also unsettled the rest of the adapters (docs/default-model.md, run 24).
     """
-    groups = {(lr, weight_decay): [], (lr, 0.0): []}  # (rate, decay) -> parameters; lr's first: the one logged
+    rates = {"lr": lr, "gate_lr": gate_lr or lr, "projection_lr": projection_lr}
+    # (rate, decayed) -> parameters. lr's groups come first (the logged rate), then the gates', always a group of
+    # their own: without projection_lr the groups are those of checkpoints written before it, which still resume.
+    groups = {("lr", True): [], ("lr", False): [], ("gate_lr", False): []}
     for name, parameter in model.trainable_parameters().items():
-        rate = gate_lr if name.endswith("_gate") else projection_lr if name.startswith("resampler.project.") else None
-        decay = weight_decay if parameter.ndim >= 2 and not name.endswith("_gate") else 0.0
-        groups.setdefault((rate or lr, decay), []).append(parameter)
-    return [dict(params=params, lr=rate, weight_decay=decay) for (rate, decay), params in groups.items() if params]
+        if name.endswith("_gate"):
+            rate = "gate_lr"
+        elif projection_lr is not None and name.startswith("resampler.project."):
+            rate = "projection_lr"
+        else:
+            rate = "lr"
+        groups.setdefault((rate, rate != "gate_lr" and parameter.ndim >= 2), []).append(parameter)
+    return [dict(params=params, lr=rates[rate], weight_decay=weight_decay if decayed else 0.0)
+            for (rate, decayed), params in groups.items() if params]
 
 
 def checkpoint_decoder_layers(model: VisionLanguageModel):

@@ -69,6 +69,8 @@ def recipe(tmp_path) -> dict:
         (lambda r: r["model"].update(colour_grid=-2), "model.colour_grid must be >= 0, got -2"),
         (lambda r: r.update(optim={"projection_lr": 0}), "optim.projection_lr must be > 0, got 0"),
         (lambda r: r.update(optim={"gate_lr": -1e-3}), "optim.gate_lr must be > 0, got -0.001"),
+        (lambda r: r.update(optim={"train_only": []}), "optim.train_only must list parameter-name patterns"),
+        (lambda r: r.update(optim={"train_only": "resampler.*"}), "optim.train_only must be a list"),
     ],
 )
 def test_a_bad_recipe_is_an_error_naming_the_key(tmp_path, recipe, edit, message):

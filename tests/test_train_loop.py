@@ -407,6 +407,23 @@ def test_the_gates_and_the_feature_projection_take_their_own_rates(tmp_path, rea
     assert trainer.scheduler.get_last_lr()[0] == 1e-3  # the logged rate is lr's
 
 
+def test_train_only_trains_the_parameters_it_names_and_saves_the_rest_as_they_were(tmp_path, readable_lm, shapes):
+    recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=2)
+    recipe["optim"]["train_only"] = ["resampler.project.*", "*_gate"]
+    trainer = Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)), world=init_world("cpu"))
+    before = {name: value.clone() for name, value in trainer.model.adapter_state_dict().items()}
+    after = adapter(trainer.fit().final)
+    assert after.keys() == before.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    gates = {name for name in before if name.endswith("_gate")}
+    assert gates and changed == {"resampler.project.weight", "resampler.project.bias"} | gates
+
+    recipe["optim"]["train_only"] = ["resampler.projection.*"]
+    recipe["run"]["output_dir"] = str(tmp_path / "misnamed")
+    with pytest.raises(ConfigError, match=r"'resampler.projection.\*' matches no trained parameter; .*resampler.project.\*"):
+        Trainer(load_train_config(write_recipe(tmp_path / "c.yaml", recipe)), world=init_world("cpu"))
+
+
 def test_checkpoints_of_a_recipe_without_projection_lr_resume_and_a_changed_grouping_is_named(tmp_path, readable_lm,
                                                                                               shapes):
     recipe = tiny_recipe(readable_lm, shapes, tmp_path / "run", steps=2)

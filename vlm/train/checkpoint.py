@@ -122,11 +122,11 @@ def load_checkpoint(output_dir: Path, *, model, optimizer, world: World) -> Chec
             continue
         try:
             optimizer.load_state_dict(optimizer_state)
-        except ValueError as e:  # its parameter groups differ: optim.projection_lr was set or cleared
+        except ValueError as e:  # its parameter groups differ: optim.projection_lr or optim.train_only changed
             raise ConfigError(
                 f"{path} cannot be resumed with this recipe's optimiser ({e}): its parameter groups follow the "
-                f"optim.projection_lr it was written with. Set it as then, or start a new run from the checkpoint "
-                f"with run.init_from={path}") from e
+                f"optim.projection_lr and optim.train_only it was written with. Set them as then, or start a new "
+                f"run from the checkpoint with run.init_from={path}") from e
         rng = path / f"rng-{world.rank}.safetensors"
         if state["world_size"] == world.size:
             _load_rng(rng)

@@ -70,6 +70,7 @@ class OptimConfig:
     lr: float = 1e-4
     gate_lr: float | None = None  # the tanh gates of cross-attention; None: lr
     projection_lr: float | None = None  # the resampler's projection of the image features; None: lr
+    train_only: list[str] | None = None  # name patterns (fnmatch) of the adapter parameters that train; None: all
     weight_decay: float = 0.1  # on matrices only, not on gates, norms, biases
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -82,6 +83,9 @@ class OptimConfig:
                 raise ConfigError(f"optim.{name} must be > 0, got {value}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.train_only is not None and not (self.train_only and all(p.strip() for p in self.train_only)):
+            raise ConfigError(f"optim.train_only must list parameter-name patterns, or be null for all; "
+                              f"got {self.train_only}")
 
 
 @dataclass

@@ -6,6 +6,7 @@ splits it into `run.grad_accum` micro-batches, and scales each micro-batch's los
 that of the mean loss over every target token of the global batch. Steps with a non-finite loss are skipped.
 """
 
+import fnmatch
 import functools
 import json
 import math
@@ -117,6 +118,21 @@ def parameter_groups(
             for (rate, decayed), params in groups.items() if params]
 
 
+def train_only(model: VisionLanguageModel, patterns: list[str]):
+    """Freeze every adapter parameter whose name matches none of `patterns` (fnmatch, e.g. "resampler.project.*").
+
+    So a newly added part can learn alone at a high rate without the rest following its first, noisy steps.
+    """
+    trained = model.trainable_parameters()
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in trained):
+            parts = sorted({".".join(name.split(".")[:2]) + ".*" for name in trained})
+            raise ConfigError(f"optim.train_only: {pattern!r} matches no trained parameter; they are {', '.join(parts)}")
+    for name, parameter in trained.items():
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            parameter.requires_grad_(False)
+
+
 def checkpoint_decoder_layers(model: VisionLanguageModel):
     """Recompute each frozen decoder layer during the backward pass instead of keeping its activations.
 
@@ -173,6 +189,8 @@ class Trainer:
             if new_channels:
                 self._log(f"run.init_from: {saved} was trained without {' and '.join(new_channels)}; the token projection "
                           f"grows to {model.vision.width} input columns and the new ones start at zero")
+        if config.optim.train_only:
+            train_only(model, config.optim.train_only)
         cache = config.data.feature_cache
         self.mixture = build_mixture(config.data.sources, tokenizer=model.tokenizer, seed=run.seed)
         self.collate = self._collator(config.data.sources, pixels=cache is None)

@@ -100,8 +100,8 @@ def parameter_groups(
     """Weight decay on matrices only; the tanh gates and the resampler's feature projection may have their own rates.
 
     A higher projection rate moves image-feature columns that an `init_from` run appended at zero faster; at ten
-    times lr, on 2 CPU cores in batches of 64, it raised every source's loss, the rest of the adapters trained or
-    frozen (docs/default-model.md, runs 24 and 27).
+    times lr, in batches of 64, it raised pix2code's loss several-fold, the rest of the adapters trained or frozen
+    (docs/default-model.md, runs 24 and 27).
     """
     rates = {"lr": lr, "gate_lr": gate_lr or lr, "projection_lr": projection_lr}
     # (rate, decayed) -> parameters. lr's groups come first (the logged rate), then the gates', always a group of
